@@ -1,0 +1,178 @@
+"""The composition root: builds the broker core, listeners and plugins from config.
+
+``Broker`` is the embeddable broker::
+
+    async with Broker(listen=["tcp://127.0.0.1:0"]) as broker:
+        port = broker.port
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from tidemq import __version__
+from tidemq.broker import BrokerCore, BrokerSettings, Hooks
+from tidemq.broker.sys_topics import SysPublisher
+from tidemq.protocol import ReasonCode
+from tidemq.transport import Listener, WriteBatcher, parse_listen_url, start_listener
+
+if TYPE_CHECKING:
+    from tidemq.config import Config
+
+log = logging.getLogger("tidemq")
+
+# How long a graceful stop waits for queued bytes to reach the kernel.
+SHUTDOWN_FLUSH_TIMEOUT = 2.0
+
+
+def settings_from_config(config: Config) -> BrokerSettings:
+    """Map the user-facing config tree onto the broker core's settings."""
+    limits, mqtt = config.limits, config.mqtt
+    return BrokerSettings(
+        node_name=config.node.name,
+        max_packet_size=limits.max_packet_size,
+        max_connections=limits.max_connections,
+        max_inflight=limits.max_inflight,
+        max_queued_messages=limits.max_queued_messages,
+        queue_qos0=limits.queue_qos0,
+        max_topic_levels=limits.max_topic_levels,
+        max_client_id_length=limits.max_client_id_length,
+        max_subscriptions_per_client=limits.max_subscriptions_per_client,
+        max_awaiting_rel=limits.max_awaiting_rel,
+        await_rel_timeout=float(limits.await_rel_timeout),
+        max_keepalive=limits.max_keepalive,
+        connect_timeout=float(limits.connect_timeout),
+        topic_alias_maximum=limits.topic_alias_maximum,
+        max_qos=limits.max_qos,
+        retain_available=limits.retain_available,
+        wildcard_subscription_available=limits.wildcard_subscription_available,
+        shared_subscription_available=limits.shared_subscription_available,
+        default_session_expiry=limits.default_session_expiry,
+        max_session_expiry=limits.max_session_expiry,
+        allow_anonymous=mqtt.allow_anonymous,
+        shared_subscription_strategy=mqtt.shared_subscription_strategy,
+        assign_topic_aliases=mqtt.assign_topic_aliases,
+        sys_interval=float(mqtt.sys_interval),
+        version=__version__,
+    )
+
+
+class Broker:
+    """A running TideMQ broker: core, listeners and plugins.
+
+    Args:
+        config: the full configuration (defaults when omitted).
+        listen: listener URLs overriding ``config.listeners.listen``.
+        settings: broker-core settings overriding those derived from *config*.
+        hooks: a hook registry to share with plugins (a new one when omitted).
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        listen: Sequence[str] | None = None,
+        settings: BrokerSettings | None = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        if config is None and (settings is None or listen is None):
+            from tidemq.config import load_config
+
+            config = load_config(env={})
+        self.config = config
+        if settings is None:
+            assert config is not None
+            settings = settings_from_config(config)
+        self.settings = settings
+        if listen is None:
+            assert config is not None
+            listen = config.listeners.listen
+        self.listen = list(listen)
+        self.hooks = hooks or Hooks()
+        self.listeners: list[Listener] = []
+        self._core: BrokerCore | None = None
+        self._sys: SysPublisher | None = None
+        self._started = False
+
+    @property
+    def core(self) -> BrokerCore:
+        if self._core is None:
+            raise RuntimeError("the broker is not started")
+        return self._core
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        loop = asyncio.get_running_loop()
+        specs = [parse_listen_url(url) for url in self.listen]
+        core = self._core = BrokerCore(self.settings, hooks=self.hooks, loop=loop)
+        batcher = WriteBatcher(loop)
+        try:
+            for spec in specs:
+                listener = await start_listener(spec, core.connection_made, batcher)
+                self.listeners.append(listener)
+                for host, port in listener.addresses:
+                    log.warning("listening on %s://%s:%d (%s)", spec.scheme, host, port, spec.name)
+        except BaseException:
+            for listener in self.listeners:
+                listener.close()
+            self.listeners.clear()
+            core.close()
+            raise
+        if self.settings.sys_interval > 0:
+            self._sys = SysPublisher(core)
+            self._sys.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        """Close every listener, then every connection (v5: DISCONNECT 0x8B)."""
+        if not self._started:
+            return
+        self._started = False
+        core = self.core
+        core.closing = True
+        for listener in self.listeners:
+            listener.close()
+        for handler in list(core.handlers):
+            handler.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+        for listener in self.listeners:
+            try:
+                await asyncio.wait_for(listener.wait_closed(), SHUTDOWN_FLUSH_TIMEOUT)
+            except TimeoutError:
+                log.warning("listener %s did not close in time", listener.spec.name)
+        if self._sys is not None:
+            self._sys.stop()
+        core.close()
+        self.listeners.clear()
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def addresses(self) -> list[tuple[str, str, int]]:
+        """(scheme, host, port) of every bound socket, real ports included."""
+        return [
+            (listener.spec.scheme, host, port)
+            for listener in self.listeners
+            for host, port in listener.addresses
+        ]
+
+    @property
+    def port(self) -> int:
+        """The bound port of the first listener (handy with ``tcp://127.0.0.1:0``)."""
+        if not self.listeners:
+            raise RuntimeError("the broker has no listener")
+        return self.listeners[0].port

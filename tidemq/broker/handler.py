@@ -1,0 +1,849 @@
+"""``ClientHandler``: one client connection inside the broker (Mosquitto's handle_*.c).
+
+It owns the connection's sans-IO ``MQTTConnection`` (server role) and its ``Link``, and
+runs each inbound packet through its handler. Errors map to reason codes in one place
+(``_protocol_error``): the protocol object has already queued the DISCONNECT or CONNACK
+the specification asks for; the handler flushes it, logs one line and closes.
+
+Hot path: ``data_received`` → ``MQTTConnection.receive_data`` → ``_on_publish`` →
+``BrokerCore.publish`` → ``send_message`` → ``Link.write`` (batched per loop pass).
+No task, timer or log call per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tidemq.protocol import (
+    NO_PROPERTIES,
+    Auth,
+    ConnAck,
+    Connect,
+    ConnectionState,
+    Disconnect,
+    LocalProtocolError,
+    MQTTConnection,
+    OutgoingState,
+    Packet,
+    PingReq,
+    Properties,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    ReasonCode,
+    RemoteProtocolError,
+    Role,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+    encode_publish_parts,
+    parse_shared,
+    topic_filter_error,
+    v3_suback_code,
+)
+
+from .hooks import (
+    AuthenticateEvent,
+    ClientInfo,
+    ConnectedEvent,
+    Decision,
+    DisconnectedEvent,
+    HookPoint,
+    MessageEvent,
+    PublishAuthEvent,
+    SubscribeAuthEvent,
+    SubscriptionEvent,
+)
+from .message import Message
+from .session import Inflight, Session, SubOptions
+
+if TYPE_CHECKING:
+    from .core import BrokerCore
+    from .interfaces import Link
+
+log = logging.getLogger("tidemq.broker.client")
+
+_RC = ReasonCode
+
+
+class ClientHandler:
+    __slots__ = (
+        "_connect_entry",
+        "_held",
+        "_keepalive_entry",
+        "_problem_info",
+        "client_id",
+        "conn",
+        "core",
+        "info",
+        "link",
+        "ready",
+        "session",
+        "superuser",
+        "v5",
+        "version",
+    )
+
+    def __init__(self, core: BrokerCore, link: Link) -> None:
+        self.core = core
+        self.link = link
+        settings = core.settings
+        self.conn = MQTTConnection(
+            Role.SERVER,
+            max_packet_size=settings.max_packet_size,
+            receive_maximum=settings.max_inflight,
+            topic_alias_maximum=settings.topic_alias_maximum,
+        )
+        self.session: Session | None = None
+        self.client_id = ""
+        self.info: ClientInfo | None = None
+        self.version = 0
+        self.v5 = False
+        self.ready = False  # CONNACK sent, deliveries may flow
+        self.superuser = False
+        self._problem_info = True
+        self._held: list[Packet] | None = None  # packets that arrive during async auth
+        self._keepalive_entry: Any = None
+        self._connect_entry: Any = core.scheduler.call_later(
+            settings.connect_timeout, self._connect_timeout
+        )
+
+    # --- transport callbacks ---------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        core = self.core
+        core.stats.bytes_received += len(data)
+        conn = self.conn
+        try:
+            packets = conn.receive_data(data, core.loop.time())
+        except RemoteProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        if self._held is not None:
+            self._held.extend(packets)
+        else:
+            self._handle(packets)
+        out = conn.data_to_send()
+        if out:
+            self.link.write(out)
+
+    def _handle(self, packets: list[Packet]) -> None:
+        stats = self.core.stats
+        stats.messages_received += len(packets)
+        for i, packet in enumerate(packets):
+            if type(packet) is Publish:
+                self._on_publish(packet)
+            else:
+                handler = _DISPATCH[type(packet)]
+                if handler(self, packet) is _HOLD:
+                    # Authentication went async: keep the rest until it completes.
+                    self._held = list(packets[i + 1 :])
+                    return
+            if self.conn.state is ConnectionState.CLOSED:
+                return
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.core.handlers.discard(self)
+        self._cancel_timers()
+        session = self.session
+        if session is None or session.handler is not self:
+            return
+        reason = "connection lost" if exc is None else f"connection lost: {exc}"
+        self._session_closed(reason, _RC.UNSPECIFIED_ERROR, publish_will=True)
+
+    # --- closing ---------------------------------------------------------------------
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        """The single error → reason-code path: the protocol object queued the reply."""
+        peer = self.link.peer
+        log.info(
+            "closing %s (%s): %s [0x%02x]",
+            self.client_id or "?",
+            f"{peer[0]}:{peer[1]}" if peer else self.link.listener,
+            exc,
+            exc.reason_code,
+        )
+        out = self.conn.data_to_send()
+        if out:
+            self.link.write(out)
+        self._close(f"protocol error: {exc}", exc.reason_code, publish_will=True)
+
+    def disconnect(self, reason_code: int, reason: str, *, publish_will: bool = True) -> None:
+        """Close from our side; v5 clients get a DISCONNECT with *reason_code* first."""
+        if self.v5 and self.conn.state in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
+            try:
+                self.link.write(self.conn.send(Disconnect(reason_code=reason_code)))
+            except LocalProtocolError:
+                pass  # state changed under us; closing anyway
+        self._close(reason, reason_code, publish_will=publish_will)
+
+    def _close(self, reason: str, reason_code: int, *, publish_will: bool) -> None:
+        self._cancel_timers()
+        self.conn.state = ConnectionState.CLOSED
+        session = self.session
+        if session is not None and session.handler is self:
+            self._session_closed(reason, reason_code, publish_will=publish_will)
+        self.link.close()
+
+    def _cancel_timers(self) -> None:
+        if self._connect_entry is not None:
+            self._connect_entry.cancel()
+            self._connect_entry = None
+        if self._keepalive_entry is not None:
+            self._keepalive_entry.cancel()
+            self._keepalive_entry = None
+
+    def _session_closed(self, reason: str, reason_code: int, *, publish_will: bool) -> None:
+        core = self.core
+        session = self.session
+        assert session is not None
+        self.ready = False
+        session.handler = None
+        # Keep in-flight QoS 2 receipts for exactly-once on resume.
+        for pid in self.conn.incoming_qos2():
+            session.awaiting_rel.setdefault(pid, core.loop.time())
+        if publish_will and session.will is not None:
+            core.schedule_will(session)
+        else:
+            core.cancel_will(session)
+        if self.info is not None and core.hooks.has(HookPoint.CLIENT_DISCONNECTED):
+            core.hooks.notify(
+                HookPoint.CLIENT_DISCONNECTED,
+                DisconnectedEvent(client=self.info, reason=reason, reason_code=reason_code),
+            )
+        core.session_offline(session)
+
+    def _connect_timeout(self) -> None:
+        self._connect_entry = None
+        if self.session is None and not self.link.is_closing():
+            log.info("closing %s: no CONNECT within the connect timeout", self.link.peer)
+            self.link.abort()
+
+    def _keepalive_check(self) -> None:
+        self._keepalive_entry = None
+        deadline = self.conn.keepalive_deadline
+        if deadline is None or self.conn.state is ConnectionState.CLOSED:
+            return
+        now = self.core.loop.time()
+        if now >= deadline:
+            log.info("closing %s: keepalive timeout", self.client_id)
+            self.disconnect(_RC.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
+        else:
+            # Lazy deadline: activity moved it; re-arm once for the new time.
+            self._keepalive_entry = self.core.scheduler.call_at(deadline, self._keepalive_check)
+
+    # --- CONNECT ---------------------------------------------------------------------
+
+    def _on_connect(self, packet: Connect) -> object:
+        core = self.core
+        settings = core.settings
+        if self._connect_entry is not None:
+            self._connect_entry.cancel()
+            self._connect_entry = None
+        self.version = version = int(packet.protocol_version)
+        self.v5 = version == 5
+        client_id = packet.client_id
+        props = packet.properties
+        assigned: str | None = None
+        if not client_id:
+            if version == 3 or (version == 4 and not packet.clean_start):
+                # MQTT 3.1 needs a client id; 3.1.1 allows none only with clean session
+                # [MQTT-3.1.3-7] [MQTT-3.1.3-8].
+                self._refuse(_RC.CLIENT_IDENTIFIER_NOT_VALID, "empty client id")
+                return None
+            client_id = "tidemq-" + secrets.token_hex(8)
+            if self.v5:
+                assigned = client_id  # [MQTT-3.2.2-16]
+        if len(client_id) > settings.max_client_id_length:
+            self._refuse(_RC.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+            return None
+        keepalive = packet.keepalive
+        server_keepalive: int | None = None
+        if keepalive > settings.max_keepalive or (
+            keepalive == 0 and settings.max_keepalive < 65_535
+        ):
+            if self.v5:
+                server_keepalive = settings.max_keepalive  # [MQTT-3.2.2-21]
+                self.conn.keepalive = settings.max_keepalive
+            else:
+                # MQTT 3 cannot be told another keepalive: refuse, as Mosquitto does.
+                self._refuse(_RC.CLIENT_IDENTIFIER_NOT_VALID, "keepalive above maximum")
+                return None
+        if props.authentication_method is not None:
+            # Enhanced authentication needs a configured method (MQTT 5.0 §4.12).
+            self._refuse(_RC.BAD_AUTHENTICATION_METHOD, "no enhanced auth configured")
+            return None
+        if packet.will is not None:
+            will = packet.will
+            if will.qos > settings.max_qos:
+                self._refuse(_RC.QOS_NOT_SUPPORTED, "will QoS above maximum")
+                return None
+            if will.retain and not settings.retain_available:
+                self._refuse(_RC.RETAIN_NOT_SUPPORTED, "will retain not available")
+                return None
+        self.client_id = client_id
+        self._problem_info = props.request_problem_information != 0
+        peer = self.link.peer
+        self.info = ClientInfo(
+            client_id=client_id,
+            username=packet.username,
+            peer=peer,
+            listener=self.link.listener,
+            protocol_version=version,
+        )
+        if core.hooks.has(HookPoint.AUTHENTICATE):
+            self._held = []
+            core.loop.create_task(
+                self._authenticate(packet, client_id, assigned, server_keepalive)
+            )
+            return _HOLD
+        if not settings.allow_anonymous and packet.username is None:
+            self._refuse(_RC.NOT_AUTHORIZED, "anonymous clients are not allowed")
+            return None
+        self._accept(packet, client_id, assigned, server_keepalive)
+        return None
+
+    async def _authenticate(
+        self, packet: Connect, client_id: str, assigned: str | None, server_keepalive: int | None
+    ) -> None:
+        core = self.core
+        assert self.info is not None
+        event = AuthenticateEvent(
+            client=self.info,
+            password=packet.password,
+            auth_method=packet.properties.authentication_method,
+            auth_data=packet.properties.authentication_data,
+        )
+        anonymous = core.settings.allow_anonymous or packet.username is not None
+        default = Decision.ALLOW if anonymous else Decision.DENY
+        result = await core.hooks.authenticate(event, default, core.settings.auth_timeout)
+        if self._closed():
+            return
+        if result.decision is Decision.DENY:
+            code = result.reason_code or (
+                _RC.BAD_USER_NAME_OR_PASSWORD if packet.password is not None else _RC.NOT_AUTHORIZED
+            )
+            self._refuse(code, "authentication failed")
+            return
+        self.superuser = result.superuser
+        self._accept(packet, client_id, assigned, server_keepalive)
+        held = self._held or []
+        self._held = None
+        if held and self.conn.state is not ConnectionState.CLOSED:
+            self._handle(held)
+        out = self.conn.data_to_send()
+        if out:
+            self.link.write(out)
+
+    def _closed(self) -> bool:
+        return self.conn.state is ConnectionState.CLOSED or self.link.is_closing()
+
+    def _refuse(self, code: int, reason: str) -> None:
+        log.info("refusing %s (%s): %s", self.client_id or "?", self.link.peer, reason)
+        try:
+            if self.v5 or code in (0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C):
+                self.link.write(self.conn.send(ConnAck(reason_code=code)))
+        except LocalProtocolError:
+            pass  # no MQTT 3 equivalent: close without CONNACK
+        self.conn.state = ConnectionState.CLOSED
+        self.link.close()
+
+    def _accept(
+        self, packet: Connect, client_id: str, assigned: str | None, server_keepalive: int | None
+    ) -> None:
+        core = self.core
+        settings = core.settings
+        now = core.loop.time()
+        props = packet.properties
+        # Session expiry: MQTT 5 from the property (absent = 0); MQTT 3 persistent sessions
+        # get the configured default, clean sessions end with the connection.
+        requested_expiry: int
+        if self.v5:
+            requested_expiry = props.session_expiry_interval or 0
+        else:
+            requested_expiry = 0 if packet.clean_start else settings.default_session_expiry
+        expiry = min(requested_expiry, settings.max_session_expiry)
+
+        session = core.sessions.get(client_id)
+        if session is not None and session.handler is not None:
+            # Take-over: the old connection is closed, v5 with DISCONNECT 0x8E
+            # [MQTT-3.1.4-3]; its will follows the usual rules.
+            old = session.handler
+            log.info("client %s taken over by a new connection", client_id)
+            old.disconnect(_RC.SESSION_TAKEN_OVER, "session taken over")
+            session = core.sessions.get(client_id)
+        session_present = False
+        if session is not None and packet.clean_start:
+            # Clean Start ends the old session; a will still pending goes now.
+            core.end_session(session)
+            session = None
+        if session is not None:
+            session_present = True
+            if session.expiry_entry is not None:
+                session.expiry_entry.cancel()
+                session.expiry_entry = None
+            # Reconnected before the Will Delay Interval ran out: no will [MQTT-3.1.3-9].
+            core.cancel_will(session)
+        else:
+            session = Session(client_id, self.version, now)
+            core.sessions[client_id] = session
+        session.protocol_version = self.version
+        session.username = packet.username
+        session.expiry_interval = expiry
+        session.will = packet.will
+        session.handler = self
+        self.session = session
+
+        ack_props: dict[str, Any] = {}
+        if self.v5:
+            if expiry != requested_expiry:
+                ack_props["session_expiry_interval"] = expiry
+            ack_props["receive_maximum"] = settings.max_inflight
+            ack_props["maximum_packet_size"] = settings.max_packet_size
+            if settings.topic_alias_maximum:
+                ack_props["topic_alias_maximum"] = settings.topic_alias_maximum
+            if assigned is not None:
+                ack_props["assigned_client_identifier"] = assigned
+            if server_keepalive is not None:
+                ack_props["server_keep_alive"] = server_keepalive
+            if settings.max_qos < 2:
+                ack_props["maximum_qos"] = settings.max_qos
+            if not settings.retain_available:
+                ack_props["retain_available"] = 0
+            if not settings.wildcard_subscription_available:
+                ack_props["wildcard_subscription_available"] = 0
+            if not settings.subscription_identifier_available:
+                ack_props["subscription_identifier_available"] = 0
+            if not settings.shared_subscription_available:
+                ack_props["shared_subscription_available"] = 0
+            if props.request_response_information == 1:
+                ack_props["response_information"] = f"response/{client_id}"
+        ack = ConnAck(
+            session_present=session_present and self.version != 3,
+            properties=Properties(**ack_props) if ack_props else NO_PROPERTIES,
+        )
+        self.link.write(self.conn.send(ack))
+        self.ready = True
+        if self.conn.keepalive:
+            deadline = self.conn.keepalive_deadline
+            assert deadline is not None
+            self._keepalive_entry = core.scheduler.call_at(deadline, self._keepalive_check)
+        live = core.connected_count
+        if live > core.stats.clients_maximum:
+            core.stats.clients_maximum = live
+        if session_present:
+            self._resume(session)
+        if core.hooks.has(HookPoint.CLIENT_CONNECTED):
+            assert self.info is not None
+            core.hooks.notify(
+                HookPoint.CLIENT_CONNECTED,
+                ConnectedEvent(
+                    client=self.info,
+                    session_present=session_present,
+                    clean_start=packet.clean_start,
+                    keepalive=packet.keepalive,
+                ),
+            )
+
+    def _resume(self, session: Session) -> None:
+        """Re-send unacknowledged deliveries with DUP [MQTT-4.4.0-1], then the queue."""
+        conn = self.conn
+        for pid in session.awaiting_rel:
+            conn.restore_incoming_qos2(pid)
+        stale: list[int] = []
+        for pid, entry in session.inflight.items():
+            if entry.released:
+                conn.restore_outgoing(pid, OutgoingState.AWAIT_PUBCOMP)
+                self.link.write(conn.send(PubRel(packet_id=pid)))
+                continue
+            message = entry.message
+            if message.expired():
+                stale.append(pid)
+                continue
+            conn.restore_outgoing(
+                pid,
+                OutgoingState.AWAIT_PUBACK if entry.qos == 1 else OutgoingState.AWAIT_PUBREC,
+            )
+            props = message.properties_for(entry.sub_ids) if self.v5 else b""
+            head, tail = encode_publish_parts(
+                message.topic_bytes, message.payload, entry.qos, entry.retain, True, props
+            )
+            self.link.write(head + pid.to_bytes(2, "big") + tail)
+        for pid in stale:
+            del session.inflight[pid]
+            self.core.stats.messages_expired += 1
+        self._drain_queue()
+
+    # --- PUBLISH in ------------------------------------------------------------------
+
+    def _on_publish(self, packet: Publish) -> None:
+        core = self.core
+        stats = core.stats
+        stats.publish_received += 1
+        settings = core.settings
+        qos = packet.qos
+        topic = packet.topic
+        if qos > settings.max_qos:
+            self.disconnect(_RC.QOS_NOT_SUPPORTED, "QoS above maximum")  # [MQTT-3.2.2-11]
+            return
+        if packet.retain and not settings.retain_available:
+            self.disconnect(_RC.RETAIN_NOT_SUPPORTED, "retain not available")  # [MQTT-3.2.2-14]
+            return
+        if topic.startswith("$SYS") or topic.count("/") >= settings.max_topic_levels:
+            # Clients may not publish to $SYS (Mosquitto and EMQX drop these), and topics
+            # deeper than the limit are refused.
+            self._ack_publish(packet, _RC.TOPIC_NAME_INVALID if self.v5 else 0)
+            return
+        props = packet.properties
+        if (
+            props is not NO_PROPERTIES
+            and props.payload_format_indicator == 1
+            and not _is_utf8(packet.payload)
+        ):
+            # [MQTT-3.3.2-4] allows the receiver to check; we answer 0x99.
+            self._ack_publish(packet, _RC.PAYLOAD_FORMAT_INVALID if self.v5 else 0)
+            return
+        hooks = core.hooks
+        if not self.superuser and hooks.has(HookPoint.AUTHORIZE_PUBLISH):
+            if not self.authorize_publish(topic, qos, packet.retain):
+                self._ack_publish(packet, _RC.NOT_AUTHORIZED if self.v5 else 0)
+                return
+        session = self.session
+        assert session is not None
+        if qos == 2:
+            if len(session.awaiting_rel) >= settings.max_awaiting_rel:
+                self._ack_publish(packet, _RC.QUOTA_EXCEEDED if self.v5 else 0)
+                return
+            session.awaiting_rel[packet.packet_id] = core.loop.time()
+        message = Message.from_publish_properties(
+            topic, packet.payload, qos, packet.retain, props, self.client_id
+        )
+        if hooks.has(HookPoint.MESSAGE_PUBLISH):
+            event = hooks.transform(HookPoint.MESSAGE_PUBLISH, _to_event(message))
+            if event is None:
+                self._ack_publish(packet, 0)
+                return
+            message = _from_event(event, message)
+        if message.retain:
+            core.retain(message)
+        matched = core.publish(message, session)
+        if qos:
+            code = 0
+            if not matched and self.v5:
+                code = _RC.NO_MATCHING_SUBSCRIBERS
+            self._ack_publish(packet, code)
+
+    def _ack_publish(self, packet: Publish, code: int) -> None:
+        qos = packet.qos
+        if not qos:
+            return
+        ack: Packet
+        if qos == 1:
+            ack = PubAck(packet_id=packet.packet_id, reason_code=code)
+        else:
+            ack = PubRec(packet_id=packet.packet_id, reason_code=code)
+            if code >= 0x80 and self.session is not None:
+                self.session.awaiting_rel.pop(packet.packet_id, None)
+        self.link.write(self.conn.send(ack))
+
+    def authorize_publish(self, topic: str, qos: int, retain: bool) -> bool:
+        if self.superuser or self.info is None:
+            return True
+        hooks = self.core.hooks
+        if not hooks.has(HookPoint.AUTHORIZE_PUBLISH):
+            return True
+        event = PublishAuthEvent(client=self.info, topic=topic, qos=qos, retain=retain)
+        return hooks.decide(HookPoint.AUTHORIZE_PUBLISH, event, Decision.ALLOW) is Decision.ALLOW
+
+    # --- PUBLISH out -----------------------------------------------------------------
+
+    def send_message(
+        self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
+    ) -> None:
+        """Deliver one message to this client now, or queue it behind Receive Maximum."""
+        if message.expires_at is not None and message.expired():
+            self.core.stats.messages_expired += 1
+            return
+        conn = self.conn
+        v5 = self.v5
+        if v5 and conn.peer_topic_alias_maximum and self.core.settings.assign_topic_aliases:
+            parts = self._aliased(message, qos, retain, sub_ids)
+        else:
+            parts = message.wire(v5, qos, retain, sub_ids)
+        head, tail = parts
+        limit = conn.peer_max_packet_size
+        if limit is not None and len(head) + len(tail) + (2 if qos else 0) > limit:
+            # Too large for this client: dropped for it alone [MQTT-3.1.2-25].
+            self.core.stats.messages_dropped_too_large += 1
+            self.core.stats.messages_dropped += 1
+            return
+        if not qos:
+            self.link.write(head + tail)
+            self.core.stats.publish_sent += 1
+            return
+        session = self.session
+        assert session is not None
+        if session.queue or len(session.inflight) >= conn.peer_receive_maximum:
+            # Never exceed the client's Receive Maximum [MQTT-3.3.4-7]: queue instead.
+            self.core.enqueue(session, message, qos, retain, sub_ids)
+            return
+        pid = conn.next_packet_id()
+        conn.track_outgoing(pid, qos)
+        session.inflight[pid] = Inflight(message, qos, retain, sub_ids)
+        self.link.write(head + pid.to_bytes(2, "big") + tail)
+        self.core.stats.publish_sent += 1
+
+    def _aliased(
+        self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
+    ) -> tuple[bytes, bytes]:
+        found = self.conn.outgoing_alias(message.topic)
+        if found is None:
+            return message.wire(True, qos, retain, sub_ids)
+        alias, new = found
+        props = message.properties_for(sub_ids, topic_alias=alias)
+        # A known alias goes with an empty topic name (MQTT 5.0 §3.3.2.3.4).
+        topic = message.topic_bytes if new else b""
+        return encode_publish_parts(topic, message.payload, qos, retain, False, props)
+
+    def _drain_queue(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        queue = session.queue
+        conn = self.conn
+        while queue and len(session.inflight) < conn.peer_receive_maximum:
+            item = queue.popleft()
+            if item.qos and len(session.inflight) >= conn.peer_receive_maximum:
+                queue.appendleft(item)
+                return
+            self.send_message(item.message, item.qos, item.retain, item.sub_ids)
+
+    # --- acknowledgements ------------------------------------------------------------
+
+    def _on_puback(self, packet: PubAck) -> None:
+        session = self.session
+        if session is not None and session.inflight.pop(packet.packet_id, None) is not None:
+            if session.queue:
+                self._drain_queue()
+
+    def _on_pubrec(self, packet: PubRec) -> None:
+        session = self.session
+        if session is None:
+            return
+        entry = session.inflight.get(packet.packet_id)
+        if entry is None:
+            return
+        if packet.reason_code >= 0x80:
+            del session.inflight[packet.packet_id]
+            if session.queue:
+                self._drain_queue()
+        else:
+            entry.released = True  # PUBREL was queued by the protocol object
+
+    def _on_pubcomp(self, packet: PubComp) -> None:
+        session = self.session
+        if session is not None and session.inflight.pop(packet.packet_id, None) is not None:
+            if session.queue:
+                self._drain_queue()
+
+    def _on_pubrel(self, packet: PubRel) -> None:
+        session = self.session
+        if session is not None:
+            session.awaiting_rel.pop(packet.packet_id, None)
+
+    # --- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------
+
+    def _on_subscribe(self, packet: Subscribe) -> None:
+        core = self.core
+        settings = core.settings
+        session = self.session
+        assert session is not None
+        sub_id = (
+            packet.properties.subscription_identifiers[0]
+            if packet.properties.subscription_identifiers
+            else None
+        )
+        if sub_id is not None and not settings.subscription_identifier_available:
+            self.disconnect(_RC.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, "no sub ids")
+            return
+        codes: list[int] = []
+        retained: list[tuple[SubOptions, list[Message]]] = []
+        for sub in packet.subscriptions:
+            code = self._subscribe_one(session, sub, sub_id, retained)
+            codes.append(code if self.v5 else v3_suback_code(code))
+        self.link.write(self.conn.send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes))))
+        # Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-9].
+        for opts, messages in retained:
+            sub_ids = () if opts.subscription_id is None else (opts.subscription_id,)
+            for message in messages:
+                core.deliver(session, message, min(opts.qos, message.qos), True, sub_ids)
+
+    def _subscribe_one(
+        self,
+        session: Session,
+        sub: Any,
+        sub_id: int | None,
+        retained: list[tuple[SubOptions, list[Message]]],
+    ) -> int:
+        core = self.core
+        settings = core.settings
+        topic_filter: str = sub.topic_filter
+        requested: int = sub.qos
+        if topic_filter_error(topic_filter):
+            return _RC.TOPIC_FILTER_INVALID
+        shared = parse_shared(topic_filter)
+        bare = shared.filter if shared else topic_filter
+        if shared and not settings.shared_subscription_available:
+            return _RC.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        if ("+" in bare or "#" in bare) and not settings.wildcard_subscription_available:
+            return _RC.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+        if bare.count("/") >= settings.max_topic_levels:
+            return _RC.TOPIC_FILTER_INVALID
+        existed = topic_filter in session.subscriptions
+        limit = settings.max_subscriptions_per_client
+        if not existed and limit and len(session.subscriptions) >= limit:
+            return _RC.QUOTA_EXCEEDED
+        granted = min(requested, settings.max_qos)
+        hooks = core.hooks
+        if not self.superuser and hooks.has(HookPoint.AUTHORIZE_SUBSCRIBE):
+            assert self.info is not None
+            event = SubscribeAuthEvent(client=self.info, topic_filter=topic_filter, qos=granted)
+            if hooks.decide(HookPoint.AUTHORIZE_SUBSCRIBE, event, Decision.ALLOW) is not (
+                Decision.ALLOW
+            ):
+                return _RC.NOT_AUTHORIZED
+        opts = SubOptions(
+            topic_filter=topic_filter,
+            qos=granted,
+            no_local=sub.no_local,
+            retain_as_published=sub.retain_as_published,
+            retain_handling=sub.retain_handling,
+            subscription_id=sub_id,
+            share_group=shared.group if shared else None,
+        )
+        session.subscriptions[topic_filter] = opts
+        core.tree.subscribe(topic_filter, session, opts)
+        # Retained messages are not sent to shared subscriptions (MQTT 5.0 §4.8.2);
+        # Retain Handling 1 sends them only for a new subscription, 2 never.
+        handling = int(sub.retain_handling)
+        if shared is None and (handling == 0 or (handling == 1 and not existed)):
+            messages = core.retained_for(topic_filter)
+            if messages:
+                retained.append((opts, messages))
+        if hooks.has(HookPoint.SESSION_SUBSCRIBED) and self.info is not None:
+            hooks.notify(
+                HookPoint.SESSION_SUBSCRIBED,
+                SubscriptionEvent(client=self.info, topic_filter=topic_filter, qos=granted),
+            )
+        return granted
+
+    def _on_unsubscribe(self, packet: Unsubscribe) -> None:
+        core = self.core
+        session = self.session
+        assert session is not None
+        codes = []
+        for topic_filter in packet.topic_filters:
+            if session.subscriptions.pop(topic_filter, None) is not None:
+                core.tree.unsubscribe(topic_filter, session)
+                codes.append(0)
+                if core.hooks.has(HookPoint.SESSION_UNSUBSCRIBED) and self.info is not None:
+                    core.hooks.notify(
+                        HookPoint.SESSION_UNSUBSCRIBED,
+                        SubscriptionEvent(client=self.info, topic_filter=topic_filter, qos=0),
+                    )
+            else:
+                codes.append(_RC.NO_SUBSCRIPTION_EXISTED)
+        ack = UnsubAck(packet_id=packet.packet_id, reason_codes=tuple(codes) if self.v5 else ())
+        self.link.write(self.conn.send(ack))
+
+    # --- DISCONNECT / AUTH / PING ----------------------------------------------------
+
+    def _on_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        code = packet.reason_code
+        if session is not None and self.v5:
+            new_expiry = packet.properties.session_expiry_interval
+            if new_expiry is not None:
+                if session.expiry_interval == 0 and new_expiry != 0:
+                    # [MQTT-3.14.2-2]: cannot turn a 0 expiry into a session that lives on.
+                    self.conn.state = ConnectionState.CONNECTED
+                    self.disconnect(_RC.PROTOCOL_ERROR, "session expiry changed from 0")
+                    return
+                session.expiry_interval = min(new_expiry, self.core.settings.max_session_expiry)
+        # Normal disconnection discards the will [MQTT-3.14.4-3]; 0x04 asks for it.
+        self._close(
+            "client disconnected",
+            code,
+            publish_will=code == _RC.DISCONNECT_WITH_WILL_MESSAGE,
+        )
+
+    def _on_auth(self, packet: Auth) -> None:
+        # Without an enhanced authentication method there is no AUTH exchange to continue.
+        self.disconnect(_RC.PROTOCOL_ERROR, "unexpected AUTH")
+
+    def _on_pingreq(self, packet: PingReq) -> None:
+        pass  # PINGRESP is queued by the protocol object; receipt already moved keepalive
+
+
+_HOLD = object()
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _to_event(message: Message) -> MessageEvent:
+    return MessageEvent(
+        client_id=message.sender,
+        topic=message.topic,
+        payload=message.payload,
+        qos=message.qos,
+        retain=message.retain,
+        properties=message.properties,
+    )
+
+
+def _from_event(event: MessageEvent, original: Message) -> Message:
+    if (
+        event.topic == original.topic
+        and event.payload is original.payload
+        and event.qos == original.qos
+        and event.retain == original.retain
+        and event.properties is original.properties
+    ):
+        return original
+    return Message(
+        event.topic,
+        event.payload,
+        event.qos,
+        event.retain,
+        event.properties,
+        original.sender,
+        original.expires_at,
+    )
+
+
+_DISPATCH: dict[type[Packet], Callable[[ClientHandler, Any], object]] = {
+    Connect: ClientHandler._on_connect,
+    Publish: ClientHandler._on_publish,
+    PubAck: ClientHandler._on_puback,
+    PubRec: ClientHandler._on_pubrec,
+    PubRel: ClientHandler._on_pubrel,
+    PubComp: ClientHandler._on_pubcomp,
+    Subscribe: ClientHandler._on_subscribe,
+    Unsubscribe: ClientHandler._on_unsubscribe,
+    PingReq: ClientHandler._on_pingreq,
+    Disconnect: ClientHandler._on_disconnect,
+    Auth: ClientHandler._on_auth,
+}

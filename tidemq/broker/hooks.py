@@ -1,0 +1,218 @@
+"""Typed hook points: the one door for auth, ACL, rules, extensions and cluster.
+
+Modelled on Mosquitto's plugin events (``MOSQ_EVT_*``, each with its own struct) and its
+``security.c`` chain: callbacks are registered explicitly per hook point; for decision hooks
+the first answer that is not ``DEFER`` wins and an all-``DEFER`` chain falls to the
+configured default. Per-message hooks are plain functions (no task per call); connect-time
+authentication may be ``async`` and is awaited with a timeout.
+
+``HOOK_API_VERSION`` is carried from the first release so plugins can check what they get.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from tidemq.protocol import Properties
+
+log = logging.getLogger("tidemq.hooks")
+
+HOOK_API_VERSION = 1
+
+
+class Decision(Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    DEFER = "defer"
+
+
+class HookPoint(Enum):
+    # Decision hooks (return Decision)
+    AUTHENTICATE = "client.authenticate"  # may be async
+    AUTHORIZE_PUBLISH = "client.authorize.publish"
+    AUTHORIZE_SUBSCRIBE = "client.authorize.subscribe"
+    # Notification hooks (return None)
+    CLIENT_CONNECTED = "client.connected"
+    CLIENT_DISCONNECTED = "client.disconnected"
+    SESSION_SUBSCRIBED = "session.subscribed"
+    SESSION_UNSUBSCRIBED = "session.unsubscribed"
+    MESSAGE_PUBLISH = "message.publish"  # may return a replacement message or None
+    MESSAGE_DELIVERED = "message.delivered"
+    MESSAGE_ACKED = "message.acked"
+    MESSAGE_DROPPED = "message.dropped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientInfo:
+    client_id: str
+    username: str | None
+    peer: tuple[str, int] | None
+    listener: str
+    protocol_version: int
+    cert_common_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthenticateEvent:
+    client: ClientInfo
+    password: bytes | None
+    auth_method: str | None = None
+    auth_data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthResult:
+    """What an authenticator answers: a decision, optionally a reason code and superuser."""
+
+    decision: Decision
+    reason_code: int | None = None
+    superuser: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishAuthEvent:
+    client: ClientInfo
+    topic: str
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeAuthEvent:
+    client: ClientInfo
+    topic_filter: str
+    qos: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectedEvent:
+    client: ClientInfo
+    session_present: bool
+    clean_start: bool
+    keepalive: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DisconnectedEvent:
+    client: ClientInfo
+    reason: str
+    reason_code: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriptionEvent:
+    client: ClientInfo
+    topic_filter: str
+    qos: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageEvent:
+    """A message entering the broker (``MESSAGE_PUBLISH``) or leaving it to a client."""
+
+    client_id: str | None  # the publisher (None for broker-internal messages)
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties
+    receiver: str | None = None  # MESSAGE_DELIVERED / ACKED / DROPPED
+    reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Callback = Callable[[Any], Any]
+
+
+class Hooks:
+    """The registry of callbacks per hook point."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[HookPoint, list[tuple[int, str, Callback]]] = {
+            point: [] for point in HookPoint
+        }
+
+    def register(
+        self, point: HookPoint, callback: Callback, *, priority: int = 0, name: str = ""
+    ) -> Callable[[], None]:
+        """Add *callback* at *point* (higher priority runs first); returns an unregister."""
+        entry = (priority, name or getattr(callback, "__qualname__", repr(callback)), callback)
+        chain = self._callbacks[point]
+        chain.append(entry)
+        chain.sort(key=lambda e: -e[0])
+
+        def unregister() -> None:
+            if entry in chain:
+                chain.remove(entry)
+
+        return unregister
+
+    def has(self, point: HookPoint) -> bool:
+        return bool(self._callbacks[point])
+
+    def decide(self, point: HookPoint, event: object, default: Decision) -> Decision:
+        """Run a synchronous decision chain: first non-DEFER answer wins."""
+        for _, name, callback in self._callbacks[point]:
+            try:
+                result = callback(event)
+            except Exception:
+                log.exception("hook %s (%s) failed; denying", name, point.value)
+                return Decision.DENY
+            if isinstance(result, AuthResult):
+                result = result.decision
+            if result is not Decision.DEFER and result is not None:
+                return Decision(result)
+        return default
+
+    async def authenticate(
+        self, event: AuthenticateEvent, default: Decision, timeout: float
+    ) -> AuthResult:
+        """Run the (possibly async) authentication chain with a timeout per callback."""
+        import asyncio
+
+        for _, name, callback in self._callbacks[HookPoint.AUTHENTICATE]:
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    awaitable: Awaitable[Any] = result
+                    result = await asyncio.wait_for(awaitable, timeout)
+            except TimeoutError:
+                log.warning("authenticator %s timed out after %.1f s", name, timeout)
+                return AuthResult(decision=Decision.DENY, reason_code=0x88)
+            except Exception:
+                log.exception("authenticator %s failed; denying", name)
+                return AuthResult(decision=Decision.DENY)
+            if isinstance(result, Decision):
+                result = AuthResult(decision=result)
+            if isinstance(result, AuthResult) and result.decision is not Decision.DEFER:
+                return result
+        return AuthResult(decision=default)
+
+    def notify(self, point: HookPoint, event: object) -> None:
+        """Run a notification chain; a failing callback is logged and skipped."""
+        for _, name, callback in self._callbacks[point]:
+            try:
+                callback(event)
+            except Exception:
+                log.exception("hook %s (%s) failed", name, point.value)
+
+    def transform(self, point: HookPoint, event: MessageEvent) -> MessageEvent | None:
+        """Run a message chain: a callback may return a replacement ``MessageEvent``,
+        ``Decision.DENY`` to drop the message, or anything else (``None``) to pass it on."""
+        current: MessageEvent | None = event
+        for _, name, callback in self._callbacks[point]:
+            try:
+                result = callback(current)
+            except Exception:
+                log.exception("hook %s (%s) failed; message passes unchanged", name, point.value)
+                continue
+            if result is Decision.DENY:
+                return None
+            if isinstance(result, MessageEvent):
+                current = result
+        return current

@@ -1,0 +1,91 @@
+"""One scheduler for every timed broker duty: keepalive, connect timeout, session expiry,
+will delay, message expiry sweeps, awaiting-PUBREL timeouts and $SYS.
+
+A heap of (deadline, seq, entry) and a single ``loop.call_at`` handle for the earliest one
+(Mosquitto drives all of these from ``loop.c``; no client gets a timer of its own). Entries
+are cancelled lazily: ``cancel()`` flags them and the heap skips them. Keepalive uses lazy
+deadlines (aiohttp ``_process_keepalive``): the entry fires at the deadline known when it
+was scheduled, and the callback re-arms itself if activity moved the deadline since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("tidemq.broker.timers")
+
+
+class TimerEntry:
+    __slots__ = ("args", "callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Scheduler:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, TimerEntry]] = []
+        self._seq = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
+        self._closed = False
+
+    def time(self) -> float:
+        return self._loop.time()
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerEntry:
+        entry = TimerEntry(when, callback, args)
+        heapq.heappush(self._heap, (when, next(self._seq), entry))
+        if self._armed_at is None or when < self._armed_at:
+            self._arm(when)
+        return entry
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerEntry:
+        return self.call_at(self._loop.time() + delay, callback, *args)
+
+    def _arm(self, when: float) -> None:
+        if self._closed:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        self._armed_at = None
+        heap = self._heap
+        now = self._loop.time()
+        while heap and heap[0][0] <= now:
+            _, _, entry = heapq.heappop(heap)
+            if entry.cancelled:
+                continue
+            try:
+                entry.callback(*entry.args)
+            except Exception:
+                log.exception("timer callback %r failed", entry.callback)
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)
+        if heap:
+            self._arm(heap[0][0])
+
+    def __len__(self) -> int:
+        return sum(1 for _, _, e in self._heap if not e.cancelled)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._handle is not None:
+            self._handle.cancel()
+        self._heap.clear()
