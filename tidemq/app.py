@@ -53,6 +53,8 @@ def settings_from_config(config: Config) -> BrokerSettings:
         shared_subscription_available=limits.shared_subscription_available,
         default_session_expiry=limits.default_session_expiry,
         max_session_expiry=limits.max_session_expiry,
+        retry_interval=float(limits.retry_interval),
+        message_expiry_max=limits.message_expiry_max,
         allow_anonymous=mqtt.allow_anonymous,
         shared_subscription_strategy=mqtt.shared_subscription_strategy,
         assign_topic_aliases=mqtt.assign_topic_aliases,
@@ -116,7 +118,7 @@ class Broker:
                 listener = await start_listener(spec, core.connection_made, batcher)
                 self.listeners.append(listener)
                 for host, port in listener.addresses:
-                    log.warning("listening on %s://%s:%d (%s)", spec.scheme, host, port, spec.name)
+                    log.info("listening on %s://%s:%d (%s)", spec.scheme, host, port, spec.name)
         except BaseException:
             for listener in self.listeners:
                 listener.close()

@@ -79,7 +79,9 @@ class Paho:
         await asyncio.to_thread(info.wait_for_publish, WAIT)
         return info
 
-    async def disconnect(self, reasoncode: PahoReasonCode | None = None, properties: Any = None) -> None:
+    async def disconnect(
+        self, reasoncode: PahoReasonCode | None = None, properties: Any = None
+    ) -> None:
         if self.protocol == V5:
             self.client.disconnect(reasoncode=reasoncode, properties=properties)
         else:

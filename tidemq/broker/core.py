@@ -158,9 +158,7 @@ class BrokerCore:
             )
         return len(merged)
 
-    def _pick_shared(
-        self, group: object, message: Message
-    ) -> tuple[Session, SubOptions] | None:
+    def _pick_shared(self, group: object, message: Message) -> tuple[Session, SubOptions] | None:
         members: list[tuple[Session, SubOptions]] = group.members  # type: ignore[attr-defined]
         if not members:
             return None
@@ -351,6 +349,10 @@ class BrokerCore:
         removed = self.retained.remove_if(lambda m: m.expired(now))
         self.stats.messages_expired += removed
         timeout = self.settings.await_rel_timeout
+        loop_now = self.loop.time()
+        if self.settings.retry_interval:
+            for handler in self.handlers:
+                handler.retry_inflight(loop_now)
         for session in self.sessions.values():
             if session.awaiting_rel:
                 stale = [pid for pid, t in session.awaiting_rel.items() if now - t > timeout]
@@ -364,7 +366,9 @@ class BrokerCore:
         self.scheduler.close()
 
 
-def _message_event(message: Message, *, receiver: str | None = None, reason: str = "") -> MessageEvent:
+def _message_event(
+    message: Message, *, receiver: str | None = None, reason: str = ""
+) -> MessageEvent:
     return MessageEvent(
         client_id=message.sender,
         topic=message.topic,

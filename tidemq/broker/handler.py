@@ -12,9 +12,9 @@ No task, timer or log call per packet.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +132,7 @@ class ClientHandler:
             self._handle(packets)
         out = conn.data_to_send()
         if out:
-            self.link.write(out)
+            self._write(out, _count_packets(out))
 
     def _handle(self, packets: list[Packet]) -> None:
         stats = self.core.stats
@@ -158,6 +158,13 @@ class ClientHandler:
         reason = "connection lost" if exc is None else f"connection lost: {exc}"
         self._session_closed(reason, _RC.UNSPECIFIED_ERROR, publish_will=True)
 
+    def _write(self, data: bytes, packets: int = 1) -> None:
+        """Hand bytes to the link, counting them for $SYS and metrics."""
+        stats = self.core.stats
+        stats.bytes_sent += len(data)
+        stats.messages_sent += packets
+        self.link.write(data)
+
     # --- closing ---------------------------------------------------------------------
 
     def _protocol_error(self, exc: RemoteProtocolError) -> None:
@@ -172,14 +179,14 @@ class ClientHandler:
         )
         out = self.conn.data_to_send()
         if out:
-            self.link.write(out)
+            self._write(out, _count_packets(out))
         self._close(f"protocol error: {exc}", exc.reason_code, publish_will=True)
 
     def disconnect(self, reason_code: int, reason: str, *, publish_will: bool = True) -> None:
         """Close from our side; v5 clients get a DISCONNECT with *reason_code* first."""
         if self.v5 and self.conn.state in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
             try:
-                self.link.write(self.conn.send(Disconnect(reason_code=reason_code)))
+                self._write(self.conn.send(Disconnect(reason_code=reason_code)))
             except LocalProtocolError:
                 pass  # state changed under us; closing anyway
         self._close(reason, reason_code, publish_will=publish_will)
@@ -300,9 +307,7 @@ class ClientHandler:
         )
         if core.hooks.has(HookPoint.AUTHENTICATE):
             self._held = []
-            core.loop.create_task(
-                self._authenticate(packet, client_id, assigned, server_keepalive)
-            )
+            core.loop.create_task(self._authenticate(packet, client_id, assigned, server_keepalive))
             return _HOLD
         if not settings.allow_anonymous and packet.username is None:
             self._refuse(_RC.NOT_AUTHORIZED, "anonymous clients are not allowed")
@@ -340,7 +345,7 @@ class ClientHandler:
             self._handle(held)
         out = self.conn.data_to_send()
         if out:
-            self.link.write(out)
+            self._write(out, _count_packets(out))
 
     def _closed(self) -> bool:
         return self.conn.state is ConnectionState.CLOSED or self.link.is_closing()
@@ -349,7 +354,7 @@ class ClientHandler:
         log.info("refusing %s (%s): %s", self.client_id or "?", self.link.peer, reason)
         try:
             if self.v5 or code in (0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C):
-                self.link.write(self.conn.send(ConnAck(reason_code=code)))
+                self._write(self.conn.send(ConnAck(reason_code=code)))
         except LocalProtocolError:
             pass  # no MQTT 3 equivalent: close without CONNACK
         self.conn.state = ConnectionState.CLOSED
@@ -429,7 +434,7 @@ class ClientHandler:
             session_present=session_present and self.version != 3,
             properties=Properties(**ack_props) if ack_props else NO_PROPERTIES,
         )
-        self.link.write(self.conn.send(ack))
+        self._write(self.conn.send(ack))
         self.ready = True
         if self.conn.keepalive:
             deadline = self.conn.keepalive_deadline
@@ -461,7 +466,7 @@ class ClientHandler:
         for pid, entry in session.inflight.items():
             if entry.released:
                 conn.restore_outgoing(pid, OutgoingState.AWAIT_PUBCOMP)
-                self.link.write(conn.send(PubRel(packet_id=pid)))
+                self._write(conn.send(PubRel(packet_id=pid)))
                 continue
             message = entry.message
             if message.expired():
@@ -475,11 +480,31 @@ class ClientHandler:
             head, tail = encode_publish_parts(
                 message.topic_bytes, message.payload, entry.qos, entry.retain, True, props
             )
-            self.link.write(head + pid.to_bytes(2, "big") + tail)
+            self._write(head + pid.to_bytes(2, "big") + tail)
         for pid in stale:
             del session.inflight[pid]
             self.core.stats.messages_expired += 1
         self._drain_queue()
+
+    def retry_inflight(self, now: float) -> None:
+        """MQTT 3.x only: re-send deliveries unacknowledged for ``retry_interval`` (EMQX's
+        retry_interval); MQTT 5 resends only on reconnect [MQTT-4.4.0-1]."""
+        session = self.session
+        interval = self.core.settings.retry_interval
+        if session is None or self.v5 or not interval or not self.ready:
+            return
+        for pid, entry in session.inflight.items():
+            if now - entry.sent_at < interval:
+                continue
+            entry.sent_at = now
+            if entry.released:
+                self._write(_pubrel_bytes(pid))
+                continue
+            message = entry.message
+            head, tail = encode_publish_parts(
+                message.topic_bytes, message.payload, entry.qos, entry.retain, True, b""
+            )
+            self._write(head + pid.to_bytes(2, "big") + tail)
 
     # --- PUBLISH in ------------------------------------------------------------------
 
@@ -511,10 +536,13 @@ class ClientHandler:
             self._ack_publish(packet, _RC.PAYLOAD_FORMAT_INVALID if self.v5 else 0)
             return
         hooks = core.hooks
-        if not self.superuser and hooks.has(HookPoint.AUTHORIZE_PUBLISH):
-            if not self.authorize_publish(topic, qos, packet.retain):
-                self._ack_publish(packet, _RC.NOT_AUTHORIZED if self.v5 else 0)
-                return
+        if (
+            not self.superuser
+            and hooks.has(HookPoint.AUTHORIZE_PUBLISH)
+            and not self.authorize_publish(topic, qos, packet.retain)
+        ):
+            self._ack_publish(packet, _RC.NOT_AUTHORIZED if self.v5 else 0)
+            return
         session = self.session
         assert session is not None
         if qos == 2:
@@ -525,6 +553,11 @@ class ClientHandler:
         message = Message.from_publish_properties(
             topic, packet.payload, qos, packet.retain, props, self.client_id
         )
+        cap = settings.message_expiry_max
+        if cap:
+            limit = time.monotonic() + cap
+            if message.expires_at is None or message.expires_at > limit:
+                message.expires_at = limit
         if hooks.has(HookPoint.MESSAGE_PUBLISH):
             event = hooks.transform(HookPoint.MESSAGE_PUBLISH, _to_event(message))
             if event is None:
@@ -551,7 +584,7 @@ class ClientHandler:
             ack = PubRec(packet_id=packet.packet_id, reason_code=code)
             if code >= 0x80 and self.session is not None:
                 self.session.awaiting_rel.pop(packet.packet_id, None)
-        self.link.write(self.conn.send(ack))
+        self._write(self.conn.send(ack))
 
     def authorize_publish(self, topic: str, qos: int, retain: bool) -> bool:
         if self.superuser or self.info is None:
@@ -565,9 +598,19 @@ class ClientHandler:
     # --- PUBLISH out -----------------------------------------------------------------
 
     def send_message(
-        self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
+        *,
+        from_queue: bool = False,
     ) -> None:
-        """Deliver one message to this client now, or queue it behind Receive Maximum."""
+        """Deliver one message to this client now, or queue it behind Receive Maximum.
+
+        *from_queue*: the delivery was just taken off the head of the session queue, so
+        the rest of the queue must not send it to the back again.
+        """
         if message.expires_at is not None and message.expired():
             self.core.stats.messages_expired += 1
             return
@@ -585,19 +628,19 @@ class ClientHandler:
             self.core.stats.messages_dropped += 1
             return
         if not qos:
-            self.link.write(head + tail)
+            self._write(head + tail)
             self.core.stats.publish_sent += 1
             return
         session = self.session
         assert session is not None
-        if session.queue or len(session.inflight) >= conn.peer_receive_maximum:
+        if (session.queue and not from_queue) or len(session.inflight) >= conn.peer_receive_maximum:
             # Never exceed the client's Receive Maximum [MQTT-3.3.4-7]: queue instead.
             self.core.enqueue(session, message, qos, retain, sub_ids)
             return
         pid = conn.next_packet_id()
         conn.track_outgoing(pid, qos)
-        session.inflight[pid] = Inflight(message, qos, retain, sub_ids)
-        self.link.write(head + pid.to_bytes(2, "big") + tail)
+        session.inflight[pid] = Inflight(message, qos, retain, sub_ids, self.core.loop.time())
+        self._write(head + pid.to_bytes(2, "big") + tail)
         self.core.stats.publish_sent += 1
 
     def _aliased(
@@ -623,15 +666,15 @@ class ClientHandler:
             if item.qos and len(session.inflight) >= conn.peer_receive_maximum:
                 queue.appendleft(item)
                 return
-            self.send_message(item.message, item.qos, item.retain, item.sub_ids)
+            self.send_message(item.message, item.qos, item.retain, item.sub_ids, from_queue=True)
 
     # --- acknowledgements ------------------------------------------------------------
 
     def _on_puback(self, packet: PubAck) -> None:
         session = self.session
-        if session is not None and session.inflight.pop(packet.packet_id, None) is not None:
-            if session.queue:
-                self._drain_queue()
+        done = session is not None and session.inflight.pop(packet.packet_id, None) is not None
+        if done and session is not None and session.queue:
+            self._drain_queue()
 
     def _on_pubrec(self, packet: PubRec) -> None:
         session = self.session
@@ -649,9 +692,9 @@ class ClientHandler:
 
     def _on_pubcomp(self, packet: PubComp) -> None:
         session = self.session
-        if session is not None and session.inflight.pop(packet.packet_id, None) is not None:
-            if session.queue:
-                self._drain_queue()
+        done = session is not None and session.inflight.pop(packet.packet_id, None) is not None
+        if done and session is not None and session.queue:
+            self._drain_queue()
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
@@ -678,7 +721,7 @@ class ClientHandler:
         for sub in packet.subscriptions:
             code = self._subscribe_one(session, sub, sub_id, retained)
             codes.append(code if self.v5 else v3_suback_code(code))
-        self.link.write(self.conn.send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes))))
+        self._write(self.conn.send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes))))
         # Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-9].
         for opts, messages in retained:
             sub_ids = () if opts.subscription_id is None else (opts.subscription_id,)
@@ -761,7 +804,7 @@ class ClientHandler:
             else:
                 codes.append(_RC.NO_SUBSCRIPTION_EXISTED)
         ack = UnsubAck(packet_id=packet.packet_id, reason_codes=tuple(codes) if self.v5 else ())
-        self.link.write(self.conn.send(ack))
+        self._write(self.conn.send(ack))
 
     # --- DISCONNECT / AUTH / PING ----------------------------------------------------
 
@@ -793,6 +836,29 @@ class ClientHandler:
 
 
 _HOLD = object()
+
+
+def _pubrel_bytes(packet_id: int) -> bytes:
+    return bytes((0x62, 2, packet_id >> 8, packet_id & 0xFF))
+
+
+def _count_packets(data: bytes) -> int:
+    """How many whole packets *data* holds (automatic replies: a few short packets)."""
+    count = i = 0
+    end = len(data)
+    while i < end:
+        i += 1
+        length = shift = 0
+        while i < end:
+            b = data[i]
+            i += 1
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        i += length
+        count += 1
+    return count
 
 
 def _is_utf8(data: bytes) -> bool:

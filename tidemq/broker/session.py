@@ -36,24 +36,28 @@ class SubOptions:
 class Inflight:
     """A QoS 1/2 delivery sent to the client and not yet completed."""
 
-    __slots__ = ("message", "qos", "released", "retain", "sub_ids")
+    __slots__ = ("message", "qos", "released", "retain", "sent_at", "sub_ids")
 
     def __init__(
-        self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        sub_ids: tuple[int, ...],
+        sent_at: float = 0.0,
     ) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.sub_ids = sub_ids
         self.released = False  # QoS 2: PUBREC received, PUBREL sent, awaiting PUBCOMP
+        self.sent_at = sent_at  # loop time of the last send, for MQTT 3.x retries
 
 
 class QueuedDelivery:
     __slots__ = ("message", "qos", "retain", "sub_ids")
 
-    def __init__(
-        self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
-    ) -> None:
+    def __init__(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain

@@ -27,7 +27,9 @@ DEFAULT_AWAIT_REL_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 15.0
 # Session expiry given to MQTT 3 persistent sessions (EMQX session_expiry_interval 2 h).
 DEFAULT_SESSION_EXPIRY = 7200
-# Re-send unacknowledged QoS 1/2 deliveries after this many seconds (EMQX retry_interval 30 s).
+# Re-send unacknowledged QoS 1/2 deliveries to connected MQTT 3.x clients after this many
+# seconds (EMQX retry_interval 30 s). MQTT 5 forbids resending except on reconnect
+# [MQTT-4.4.0-1], so v5 clients are never retried. 0 disables.
 DEFAULT_RETRY_INTERVAL = 30.0
 NEVER_EXPIRES = 0xFFFF_FFFF
 
@@ -56,6 +58,7 @@ class BrokerSettings:
     default_session_expiry: int = DEFAULT_SESSION_EXPIRY
     max_session_expiry: int = NEVER_EXPIRES
     retry_interval: float = DEFAULT_RETRY_INTERVAL
+    message_expiry_max: int = 0  # cap on any message's lifetime in seconds; 0 = no cap
     allow_anonymous: bool = True
     shared_subscription_strategy: str = "round_robin"
     assign_topic_aliases: bool = True

@@ -1,0 +1,1233 @@
+"""The typed configuration tree: one TOML file, environment variables, command-line flags.
+
+Every setting lives in a frozen dataclass section (``Config.node``, ``Config.limits``, ...).
+``load_config`` builds a ``Config`` from, in increasing order of precedence:
+
+1. the TOML file (``path``, or the file named by ``TIDEMQ_CONFIG`` when ``path`` is None);
+2. environment variables ``TIDEMQ_<SECTION>_<KEY>`` (``TIDEMQ_LIMITS_MAX_PACKET_SIZE=2048``);
+3. overrides, normally from the command line (``--limits.max-packet-size 2048``,
+   ``--set limits.max_packet_size=2048``, ``--listen URL``, ``--data-dir DIR``).
+
+Unknown sections and keys are errors (typos must not be silent), and so are values of the
+wrong type or outside their range; a ``ConfigError`` names the key and where the value came
+from. Every field carries its help text in ``field(metadata=...)``, from which
+``render_markdown`` generates ``docs/config.md`` and ``example_toml`` generates
+``tidemq/default.toml``::
+
+    python -m tidemq.config --markdown > docs/config.md
+    python -m tidemq.config --example > tidemq/default.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import os
+import socket
+import sys
+import textwrap
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, NamedTuple, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ENV_CONFIG_FILE",
+    "ENV_PREFIX",
+    "Config",
+    "ConfigError",
+    "LimitsConfig",
+    "ListenURL",
+    "ListenersConfig",
+    "LogConfig",
+    "MQTTConfig",
+    "NodeConfig",
+    "add_arguments",
+    "example_toml",
+    "load_config",
+    "main",
+    "overrides_from_args",
+    "parse_listen_url",
+    "render_markdown",
+    "to_toml",
+]
+
+ENV_PREFIX: Final = "TIDEMQ_"
+#: Names the TOML file to read when ``load_config`` gets no path.
+ENV_CONFIG_FILE: Final = "TIDEMQ_CONFIG"
+#: ``TIDEMQ_*`` variables left alone besides ``TIDEMQ_CONFIG``: the test suite's own.
+_ENV_RESERVED_PREFIXES: Final = ("TIDEMQ_TEST_",)
+
+U32_MAX: Final = 0xFFFF_FFFF
+U16_MAX: Final = 0xFFFF
+# The largest packet MQTT can frame: 1 byte type + 4 bytes remaining length + 268435455
+# (tidemq.protocol.codec.PROTOCOL_MAX_PACKET_SIZE; config stays free of protocol imports).
+_PROTOCOL_MAX_PACKET_SIZE: Final = 268_435_460
+
+ListenScheme = Literal["tcp", "tls", "ws", "wss"]
+ShareStrategy = Literal["round_robin", "random", "sticky", "hash_clientid"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LogFormat = Literal["text", "json"]
+
+_LISTEN_SCHEMES: Final[tuple[str, ...]] = get_args(ListenScheme)
+
+
+class ConfigError(ValueError):
+    """A configuration file, variable or flag that cannot be used.
+
+    Attributes:
+        key: the dotted key (``limits.max_packet_size``) or section, when one is to blame.
+        source: where the value came from (``config file x.toml``, ``environment variable
+            TIDEMQ_LIMITS_MAX_PACKET_SIZE``, ...), when known.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None):
+        self.message = message
+        self.key = key
+        self.source = source
+        text = f"{key}: {message}" if key else message
+        super().__init__(f"{text} (from {source})" if source else text)
+
+
+class _Invalid(Exception):
+    """A value check failed; the caller adds the key and the source."""
+
+
+# --- field declarations -------------------------------------------------------------------
+
+
+def _doc(
+    text: str,
+    *,
+    precedent: str = "",
+    unit: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    gt: float | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    doc_default: str | None = None,
+    example: str = "",
+) -> dict[str, Any]:
+    """A config field's metadata: help text, the precedent for its default (Mosquitto,
+    EMQX), its unit and constraints (inclusive ``lo``/``hi``, exclusive ``gt``, a ``check``
+    returning an error message or None). ``doc_default`` stands for a default computed at
+    run time; ``example`` is extra commented text after the key in the example TOML."""
+    return {
+        "help": text,
+        "precedent": precedent,
+        "unit": unit,
+        "min": lo,
+        "max": hi,
+        "gt": gt,
+        "check": check,
+        "doc_default": doc_default,
+        "example": example,
+    }
+
+
+# --- value checks -------------------------------------------------------------------------
+
+
+class ListenURL(NamedTuple):
+    """A parsed listener URL: ``tcp://0.0.0.0:1883``, ``ws://[::]:8083/mqtt``."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+def parse_listen_url(url: str) -> ListenURL:
+    """Split a listener URL into scheme, host, port and path (``ws``/``wss`` only).
+
+    Raises:
+        ValueError: unknown scheme, missing host or port, or a path on ``tcp``/``tls``.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad listener URL {url!r}: {exc}") from None
+    if parts.scheme not in _LISTEN_SCHEMES:
+        known = ", ".join(f"{s}://" for s in _LISTEN_SCHEMES)
+        raise ValueError(f"bad listener URL {url!r}: the scheme must be one of {known}")
+    if not parts.hostname:
+        raise ValueError(f"bad listener URL {url!r}: no host (use 0.0.0.0 or [::] for all)")
+    if port is None:
+        raise ValueError(f"bad listener URL {url!r}: no port, e.g. {parts.scheme}://HOST:1883")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"bad listener URL {url!r}: only scheme, host, port and path allowed")
+    if parts.path not in ("", "/") and parts.scheme in ("tcp", "tls"):
+        raise ValueError(f"bad listener URL {url!r}: a path is only allowed for ws:// and wss://")
+    return ListenURL(parts.scheme, parts.hostname, port, parts.path)
+
+
+def _check_listen(urls: tuple[str, ...]) -> str | None:
+    if not urls:
+        return "needs at least one listener URL"
+    seen: set[ListenURL] = set()
+    for url in urls:
+        try:
+            parsed = parse_listen_url(url)
+        except ValueError as exc:
+            return str(exc)
+        if parsed in seen and parsed.port != 0:
+            return f"listener URL {url!r} is given twice"
+        seen.add(parsed)
+    return None
+
+
+def _check_name(name: str) -> str | None:
+    if not name or any(c.isspace() or not c.isprintable() for c in name):
+        return f"must be a non-empty name without spaces, got {name!r}"
+    return None
+
+
+def _check_non_empty(value: str) -> str | None:
+    return None if value else "must not be empty"
+
+
+def _default_node_name() -> str:
+    return "tidemq@" + (socket.gethostname() or "localhost")
+
+
+# --- sections -----------------------------------------------------------------------------
+
+
+class _Section:
+    """Shared by the section dataclasses: values are normalised and checked on creation,
+    also by ``dataclasses.replace``."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        _check_section(self)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig(_Section):
+    """This broker node: its name and where it keeps its files."""
+
+    name: str = field(
+        default_factory=_default_node_name,
+        metadata=_doc(
+            "Name of this node, shown in `$SYS` topics and logs and used to tell cluster "
+            "members apart. The default is `tidemq@` and the host name.",
+            doc_default="tidemq@<hostname>",
+            precedent="EMQX node.name emqx@127.0.0.1.",
+            check=_check_name,
+        ),
+    )
+    data_dir: str = field(
+        default="./data",
+        metadata=_doc(
+            "Directory for the broker's files (such as the SQLite store). A relative path is "
+            "relative to the working directory.",
+            precedent="EMQX node.data_dir data.",
+            check=_check_non_empty,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenersConfig(_Section):
+    """Where the broker accepts connections."""
+
+    listen: tuple[str, ...] = field(
+        default=("tcp://0.0.0.0:1883",),
+        metadata=_doc(
+            "Listener URLs, one per listening socket: `tcp://HOST:PORT`; `tls://HOST:PORT`, "
+            "`ws://HOST:PORT/PATH` and `wss://HOST:PORT/PATH` are reserved for the TLS and "
+            "WebSocket listeners, which are not implemented yet. Use `0.0.0.0` or `[::]` for "
+            "all interfaces; port 0 picks a free port. On the command line, `--listen URL` "
+            "(repeatable) replaces the whole list.",
+            precedent="the IANA ports Mosquitto and EMQX use: 1883 MQTT, 8883 MQTT over TLS; "
+            "EMQX also 8083 WebSocket and 8084 secure WebSocket.",
+            check=_check_listen,
+            example="TLS and WebSocket listeners (not implemented yet) use the usual ports:\n"
+            'listen = ["tcp://0.0.0.0:1883", "tls://0.0.0.0:8883",\n'
+            '          "ws://0.0.0.0:8083/mqtt", "wss://0.0.0.0:8084/mqtt"]',
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig(_Section):
+    """Protocol and resource limits. Each default follows an established broker; the
+    description names what Mosquitto and EMQX use."""
+
+    max_packet_size: int = field(
+        default=1_048_576,
+        metadata=_doc(
+            "Largest MQTT packet accepted, fixed header included; announced to MQTT 5 clients "
+            "as Maximum Packet Size. A client that sends a larger packet is disconnected.",
+            precedent="EMQX max_packet_size 1MB; Mosquitto max_packet_size unset, i.e. the "
+            "protocol limit of 256 MB.",
+            unit="bytes",
+            lo=2,
+            hi=_PROTOCOL_MAX_PACKET_SIZE,
+        ),
+    )
+    max_connections: int = field(
+        default=100_000,
+        metadata=_doc(
+            "Most concurrent client connections over all listeners; further connections are "
+            "refused. 0 = unlimited.",
+            precedent="EMQX (max_connections infinity) and Mosquitto (max_connections -1) "
+            "default to unlimited; TideMQ caps it so a connection flood cannot exhaust memory.",
+            lo=0,
+        ),
+    )
+    max_inflight: int = field(
+        default=32,
+        metadata=_doc(
+            "Most QoS 1/2 messages sent to one client and not yet acknowledged (the "
+            "broker→client window); also the Receive Maximum announced to MQTT 5 clients.",
+            precedent="EMQX max_inflight 32; Mosquitto max_inflight_messages 20.",
+            lo=1,
+            hi=U16_MAX,
+        ),
+    )
+    max_queued_messages: int = field(
+        default=1000,
+        metadata=_doc(
+            "Most messages queued for one client beyond its in-flight window (while it is "
+            "offline or its window is full); beyond that, messages are dropped. 0 = unlimited.",
+            precedent="EMQX max_mqueue_len 1000; Mosquitto max_queued_messages 1000.",
+            lo=0,
+        ),
+    )
+    queue_qos0: bool = field(
+        default=True,
+        metadata=_doc(
+            "Queue QoS 0 messages for offline persistent sessions too, not only QoS 1 and 2.",
+            precedent="EMQX mqueue_store_qos0 true; Mosquitto queue_qos0_messages false.",
+        ),
+    )
+    max_topic_levels: int = field(
+        default=128,
+        metadata=_doc(
+            "Most levels (`/`-separated parts) in a topic name or topic filter.",
+            precedent="EMQX max_topic_levels 128.",
+            lo=1,
+            hi=U16_MAX,
+        ),
+    )
+    max_client_id_length: int = field(
+        default=65535,
+        metadata=_doc(
+            "Longest Client Identifier accepted, in bytes. At least 23: the protocol requires "
+            "servers to accept 1 to 23 characters.",
+            precedent="EMQX max_clientid_len 65535; Mosquitto 65535, but 23 for MQTT 3.1 "
+            "clients as that protocol version requires.",
+            unit="bytes",
+            lo=23,
+            hi=U16_MAX,
+        ),
+    )
+    max_subscriptions_per_client: int = field(
+        default=0,
+        metadata=_doc(
+            "Most subscriptions one client may hold. 0 = unlimited.",
+            precedent="EMQX max_subscriptions infinity; Mosquitto has no such limit.",
+            lo=0,
+        ),
+    )
+    max_awaiting_rel: int = field(
+        default=100,
+        metadata=_doc(
+            "Most incoming QoS 2 messages per client waiting for their PUBREL. 0 = unlimited.",
+            precedent="EMQX max_awaiting_rel 100.",
+            lo=0,
+        ),
+    )
+    await_rel_timeout: float = field(
+        default=300.0,
+        metadata=_doc(
+            "How long an incoming QoS 2 message may wait for its PUBREL before it is discarded.",
+            precedent="EMQX await_rel_timeout 300s.",
+            unit="seconds",
+            gt=0,
+        ),
+    )
+    max_keepalive: int = field(
+        default=65535,
+        metadata=_doc(
+            "Largest Keep Alive a client may use; an MQTT 5 client asking for more is told "
+            "this value as Server Keep Alive.",
+            precedent="Mosquitto max_keepalive 65535 (the protocol maximum).",
+            unit="seconds",
+            lo=1,
+            hi=U16_MAX,
+        ),
+    )
+    connect_timeout: float = field(
+        default=15.0,
+        metadata=_doc(
+            "How long a new connection may take to send its CONNECT packet before it is closed.",
+            precedent="EMQX idle_timeout 15s.",
+            unit="seconds",
+            gt=0,
+        ),
+    )
+    topic_alias_maximum: int = field(
+        default=65535,
+        metadata=_doc(
+            "Highest Topic Alias an MQTT 5 client may use towards the broker, announced as "
+            "Topic Alias Maximum. 0 = clients may not use topic aliases.",
+            precedent="EMQX max_topic_alias 65535; Mosquitto max_topic_alias 10.",
+            lo=0,
+            hi=U16_MAX,
+        ),
+    )
+    max_qos: int = field(
+        default=2,
+        metadata=_doc(
+            "Highest QoS the broker accepts and grants; announced to MQTT 5 clients as "
+            "Maximum QoS.",
+            precedent="EMQX max_qos_allowed 2; Mosquitto max_qos 2.",
+            lo=0,
+            hi=2,
+        ),
+    )
+    retain_available: bool = field(
+        default=True,
+        metadata=_doc(
+            "Whether retained messages are supported (Retain Available).",
+            precedent="EMQX retain_available true; Mosquitto retain_available true.",
+        ),
+    )
+    wildcard_subscription_available: bool = field(
+        default=True,
+        metadata=_doc(
+            "Whether topic filters may use the `+` and `#` wildcards (Wildcard Subscription "
+            "Available).",
+            precedent="EMQX wildcard_subscription true.",
+        ),
+    )
+    shared_subscription_available: bool = field(
+        default=True,
+        metadata=_doc(
+            "Whether `$share/GROUP/FILTER` shared subscriptions are supported (Shared "
+            "Subscription Available).",
+            precedent="EMQX shared_subscription true.",
+        ),
+    )
+    default_session_expiry: int = field(
+        default=7200,
+        metadata=_doc(
+            "How long a persistent (clean session = 0) MQTT 3.x session is kept after its "
+            "client disconnects; MQTT 5 clients choose their own Session Expiry Interval. "
+            "4294967295 = never expires. At most `max_session_expiry`.",
+            precedent="EMQX session_expiry_interval 2h; Mosquitto persistent_client_expiration "
+            "unset (never expires).",
+            unit="seconds",
+            lo=0,
+            hi=U32_MAX,
+        ),
+    )
+    max_session_expiry: int = field(
+        default=U32_MAX,
+        metadata=_doc(
+            "Cap on the Session Expiry Interval an MQTT 5 client may request. 4294967295 (the "
+            "protocol maximum) = no cap; such sessions never expire.",
+            precedent="neither Mosquitto nor EMQX caps it by default.",
+            unit="seconds",
+            lo=0,
+            hi=U32_MAX,
+        ),
+    )
+    retry_interval: float = field(
+        default=30.0,
+        metadata=_doc(
+            "How long before an unacknowledged QoS 1/2 message is sent again (with the DUP "
+            "flag) to a connected MQTT 3.x client; MQTT 5 allows resending only on reconnect. "
+            "0 = resend only on reconnect.",
+            precedent="EMQX retry_interval 30s; Mosquitto 2 resends only on reconnect.",
+            unit="seconds",
+            lo=0,
+        ),
+    )
+    message_expiry_max: int = field(
+        default=0,
+        metadata=_doc(
+            "Cap on how long a message is kept for delivery (queued or retained), applied when "
+            "its Message Expiry Interval is larger or absent. 0 = no cap.",
+            precedent="neither Mosquitto nor EMQX caps it by default.",
+            unit="seconds",
+            lo=0,
+            hi=U32_MAX,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MQTTConfig(_Section):
+    """MQTT features and behaviour."""
+
+    allow_anonymous: bool = field(
+        default=True,
+        metadata=_doc(
+            "Accept clients that connect without a username.",
+            precedent="EMQX allow_anonymous true; Mosquitto 2 false (true before 2.0).",
+        ),
+    )
+    shared_subscription_strategy: ShareStrategy = field(
+        default="round_robin",
+        metadata=_doc(
+            "How a shared subscription group picks the member that receives a message: "
+            "`round_robin` (in turn), `random`, `sticky` (the same member until it leaves) or "
+            "`hash_clientid` (by the publisher's client id).",
+            precedent="EMQX shared_subscription_strategy round_robin.",
+        ),
+    )
+    assign_topic_aliases: bool = field(
+        default=True,
+        metadata=_doc(
+            "Let the broker assign Topic Aliases on the PUBLISH packets it sends to MQTT 5 "
+            "clients that allow them (Topic Alias Maximum > 0 in CONNECT), so repeated topics "
+            "cost two bytes."
+        ),
+    )
+    sys_interval: float = field(
+        default=10.0,
+        metadata=_doc(
+            "How often the `$SYS/` broker statistics topics are updated. 0 disables `$SYS`.",
+            precedent="Mosquitto sys_interval 10; EMQX sys_msg_interval 1m.",
+            unit="seconds",
+            lo=0,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig(_Section):
+    """Logging."""
+
+    level: LogLevel = field(
+        default="info",
+        metadata=_doc(
+            "Lowest level logged. `info` shows listeners, connection refusals and protocol "
+            "errors (one line each, never per message); `warning` is quieter."
+        ),
+    )
+    format: LogFormat = field(
+        default="text",
+        metadata=_doc("`text`: human-readable lines; `json`: one JSON object per line."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration. Build it with ``load_config``; derive variants with
+    ``dataclasses.replace`` or ``with_values``."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    listeners: ListenersConfig = field(default_factory=ListenersConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    mqtt: MQTTConfig = field(default_factory=MQTTConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTION_TYPES.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"must be a {cls.__name__}", key=name)
+        limits = self.limits
+        if limits.default_session_expiry > limits.max_session_expiry:
+            raise ConfigError(
+                f"{limits.default_session_expiry} exceeds limits.max_session_expiry "
+                f"({limits.max_session_expiry})",
+                key="limits.default_session_expiry",
+            )
+
+    def with_values(self, values: Mapping[str, object]) -> Config:
+        """A copy with some keys changed: ``{"limits.max_inflight": 2}``. Values are typed
+        as in TOML, or strings as in environment variables.
+
+        Raises:
+            ConfigError: an unknown key or a bad value.
+        """
+        changes: dict[str, dict[str, object]] = {}
+        for dotted, value in values.items():
+            spec = _lookup(dotted, "with_values")
+            try:
+                typed = _convert(spec, value, from_string=isinstance(value, str))
+                _validate(spec, typed)
+            except _Invalid as exc:
+                raise ConfigError(str(exc), key=spec.dotted, source="with_values") from None
+            changes.setdefault(spec.section, {})[spec.name] = typed
+        sections = {
+            name: dataclasses.replace(getattr(self, name), **fields)
+            for name, fields in changes.items()
+        }
+        return dataclasses.replace(self, **sections)
+
+
+# --- the key table ------------------------------------------------------------------------
+
+_Kind = Literal["bool", "int", "float", "str", "choice", "list"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """One setting, as the loaders, the flags and the documentation see it."""
+
+    section: str
+    name: str
+    kind: _Kind
+    choices: tuple[str, ...]
+    default: object
+    doc: str
+    precedent: str
+    unit: str
+    lo: float | None
+    hi: float | None
+    gt: float | None
+    check: Callable[[Any], str | None] | None
+    doc_default: str | None
+    example: str
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section}_{self.name}".upper()
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.section}.{self.name.replace('_', '-')}"
+
+
+def _kind_of(tp: object) -> tuple[_Kind, tuple[str, ...]]:
+    if tp is bool:
+        return "bool", ()
+    if tp is int:
+        return "int", ()
+    if tp is float:
+        return "float", ()
+    if tp is str:
+        return "str", ()
+    if get_origin(tp) is Literal:
+        return "choice", tuple(str(arg) for arg in get_args(tp))
+    if get_origin(tp) is tuple and get_args(tp) == (str, Ellipsis):
+        return "list", ()
+    raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def _build_keys() -> dict[str, dict[str, _Key]]:
+    table: dict[str, dict[str, _Key]] = {}
+    for section, cls in _SECTION_TYPES.items():
+        hints = get_type_hints(cls)
+        keys: dict[str, _Key] = {}
+        for f in dataclasses.fields(cls):
+            kind, choices = _kind_of(hints[f.name])
+            m = f.metadata
+            default = f.default if f.default is not dataclasses.MISSING else None
+            keys[f.name] = _Key(
+                section, f.name, kind, choices, default, m["help"], m["precedent"],
+                m["unit"], m["min"], m["max"], m["gt"], m["check"], m["doc_default"],
+                m["example"],
+            )  # fmt: skip
+        table[section] = keys
+    return table
+
+
+_CONFIG_HINTS: Final = get_type_hints(Config)
+_SECTION_TYPES: Final[dict[str, type[Any]]] = {
+    f.name: _CONFIG_HINTS[f.name] for f in dataclasses.fields(Config)
+}
+_KEYS: Final = _build_keys()
+_SECTION_OF_TYPE: Final = {cls: name for name, cls in _SECTION_TYPES.items()}
+
+
+def _all_keys() -> Iterable[_Key]:
+    for keys in _KEYS.values():
+        yield from keys.values()
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _lookup(dotted: str, source: str) -> _Key:
+    section, sep, name = dotted.strip().partition(".")
+    name = name.replace("-", "_")
+    if not sep or section not in _KEYS:
+        raise ConfigError(
+            f"unknown key {dotted!r}: keys look like SECTION.KEY, with SECTION one of "
+            f"{', '.join(_KEYS)}{_suggest(section, _KEYS)}",
+            source=source,
+        )
+    keys = _KEYS[section]
+    if name not in keys:
+        raise ConfigError(
+            f"unknown key {dotted!r}: [{section}] has {', '.join(keys)}{_suggest(name, keys)}",
+            source=source,
+        )
+    return keys[name]
+
+
+# --- conversion and checks ----------------------------------------------------------------
+
+_TRUE: Final = frozenset({"true", "1", "yes", "on"})
+_FALSE: Final = frozenset({"false", "0", "no", "off"})
+_KIND_NAMES: Final[dict[str, str]] = {
+    "bool": "a boolean",
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "choice": "a string",
+    "list": "a list of strings",
+}
+
+
+def _describe(value: object) -> str:
+    """``integer 5``, ``string "x"``: a value as the user wrote it, for error messages."""
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", dict: "table"}
+    kind = names.get(type(value), "array" if isinstance(value, list | tuple) else "value")
+    try:
+        text = _toml_value(value)
+    except TypeError:
+        text = repr(value)
+    return f"{kind} {text}"
+
+
+def _parse_list(text: str) -> list[str]:
+    """A list from a string: a TOML array (``["a", "b"]``) or comma-separated items."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError as exc:
+            raise _Invalid(f"expected a TOML array of strings, got {text!r}: {exc}") from None
+        if not all(isinstance(item, str) for item in value):
+            raise _Invalid(f"expected a TOML array of strings, got {text!r}")
+        return list(value)
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _convert(spec: _Key, value: object, *, from_string: bool) -> object:
+    """The field's Python value from a TOML/Python value, or from a string (environment,
+    flags), which is parsed according to the field's type."""
+    kind = spec.kind
+    if from_string and isinstance(value, str):
+        text = value.strip()
+        if kind == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise _Invalid(f"expected a boolean (true/false, yes/no, on/off, 1/0), got {value!r}")
+        if kind == "int":
+            try:
+                return int(text)
+            except ValueError:
+                raise _Invalid(f"expected an integer, got {value!r}") from None
+        if kind == "float":
+            try:
+                return float(text)
+            except ValueError:
+                raise _Invalid(f"expected a number, got {value!r}") from None
+        if kind == "choice":
+            return text.lower()
+        if kind == "list":
+            return tuple(_parse_list(value))
+        return value
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "choice": isinstance(value, str),
+        "list": isinstance(value, list | tuple) and all(isinstance(v, str) for v in value),
+    }[kind]
+    if not ok:
+        raise _Invalid(f"expected {_KIND_NAMES[kind]}, got {_describe(value)}")
+    if kind == "float" and type(value) is not float:
+        return float(value)  # type: ignore[arg-type]
+    if kind == "choice":
+        return str(value).lower()
+    if kind == "list" and type(value) is not tuple:
+        return tuple(value)  # type: ignore[arg-type]
+    return value
+
+
+def _range_text(spec: _Key) -> str:
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
+
+    if spec.gt is not None:
+        return f"greater than {num(spec.gt)}"
+    if spec.lo is not None and spec.hi is not None:
+        return f"from {num(spec.lo)} to {num(spec.hi)}"
+    if spec.lo is not None:
+        return f"at least {num(spec.lo)}"
+    if spec.hi is not None:
+        return f"at most {num(spec.hi)}"
+    return ""
+
+
+def _validate(spec: _Key, value: Any) -> None:
+    """Range, choice and custom checks on an already converted value."""
+    if spec.kind in ("int", "float"):
+        if spec.kind == "float" and not math.isfinite(value):
+            raise _Invalid(f"must be a finite number, got {value}")
+        if (
+            (spec.lo is not None and value < spec.lo)
+            or (spec.hi is not None and value > spec.hi)
+            or (spec.gt is not None and value <= spec.gt)
+        ):
+            raise _Invalid(f"must be {_range_text(spec)}, got {value}")
+    if spec.kind == "choice" and value not in spec.choices:
+        raise _Invalid(f"must be one of {', '.join(spec.choices)}; got {value!r}")
+    if spec.check is not None:
+        error = spec.check(value)
+        if error is not None:
+            raise _Invalid(error)
+
+
+def _check_section(section: _Section) -> None:
+    name = _SECTION_OF_TYPE[type(section)]
+    for spec in _KEYS[name].values():
+        value = getattr(section, spec.name)
+        try:
+            typed = _convert(spec, value, from_string=False)
+            _validate(spec, typed)
+        except _Invalid as exc:
+            raise ConfigError(str(exc), key=spec.dotted) from None
+        if typed is not value:
+            object.__setattr__(section, spec.name, typed)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the configuration: defaults, then the TOML file, then environment variables,
+    then overrides (dotted keys to strings, usually from ``overrides_from_args``).
+
+    Args:
+        path: the TOML file; None reads the file named by ``TIDEMQ_CONFIG`` in *env*, if
+            any, else none.
+        env: the environment (default ``os.environ``); ``TIDEMQ_<SECTION>_<KEY>`` variables
+            are read, every other ``TIDEMQ_`` variable except ``TIDEMQ_CONFIG`` and
+            ``TIDEMQ_TEST_*`` is an error.
+        overrides: ``{"limits.max_packet_size": "2048"}``; values are parsed as in *env*.
+
+    Raises:
+        ConfigError: an unreadable or invalid file, an unknown section or key, or a bad
+            value; the message names the key and the source.
+    """
+    if env is None:
+        env = os.environ
+    if path is None and env.get(ENV_CONFIG_FILE):
+        path = env[ENV_CONFIG_FILE]
+    values: dict[str, dict[str, object]] = {name: {} for name in _KEYS}
+    sources: dict[str, str] = {}
+
+    def put(spec: _Key, value: object, source: str, *, from_string: bool) -> None:
+        try:
+            typed = _convert(spec, value, from_string=from_string)
+            _validate(spec, typed)
+        except _Invalid as exc:
+            raise ConfigError(str(exc), key=spec.dotted, source=source) from None
+        values[spec.section][spec.name] = typed
+        sources[spec.dotted] = source
+
+    if path is not None:
+        source = f"config file {os.fspath(path)}"
+        for spec, value in _read_toml(path, source):
+            put(spec, value, source, from_string=False)
+    for name, value in sorted(env.items()):
+        spec_or_none = _env_key(name)
+        if spec_or_none is not None:
+            put(spec_or_none, value, f"environment variable {name}", from_string=True)
+    for dotted, value in (overrides or {}).items():
+        source = f"override {dotted}={value}"
+        put(_lookup(dotted, source), value, source, from_string=True)
+
+    try:
+        return Config(**{name: cls(**values[name]) for name, cls in _SECTION_TYPES.items()})
+    except ConfigError as exc:
+        if exc.source is None and exc.key in sources:
+            raise ConfigError(exc.message, key=exc.key, source=sources[exc.key]) from None
+        raise
+
+
+def _read_toml(path: str | os.PathLike[str], source: str) -> list[tuple[_Key, object]]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {os.fspath(path)}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", source=source) from None
+    found: list[tuple[_Key, object]] = []
+    for section, table in data.items():
+        if section not in _KEYS:
+            raise ConfigError(
+                f"unknown section [{section}]; sections are {', '.join(_KEYS)}"
+                f"{_suggest(section, _KEYS)}",
+                key=section,
+                source=source,
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"must be a table ([{section}]), got {_describe(table)}",
+                key=section,
+                source=source,
+            )
+        keys = _KEYS[section]
+        for name, value in table.items():
+            if name not in keys:
+                raise ConfigError(
+                    f"unknown key; [{section}] has {', '.join(keys)}{_suggest(name, keys)}",
+                    key=f"{section}.{name}",
+                    source=source,
+                )
+            found.append((keys[name], value))
+    return found
+
+
+def _env_key(name: str) -> _Key | None:
+    """The key an environment variable sets; None for variables that are not ours."""
+    if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+        return None
+    if name.startswith(_ENV_RESERVED_PREFIXES):
+        return None
+    source = f"environment variable {name}"
+    section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+    if section not in _KEYS:
+        raise ConfigError(
+            f"unknown section {section!r}: variables look like TIDEMQ_<SECTION>_<KEY>, with "
+            f"SECTION one of {', '.join(s.upper() for s in _KEYS)}"
+            f"{_suggest(section, _KEYS)}",
+            source=source,
+        )
+    keys = _KEYS[section]
+    if key not in keys:
+        raise ConfigError(
+            f"unknown key {section}.{key}; [{section}] has {', '.join(keys)}{_suggest(key, keys)}",
+            source=source,
+        )
+    return keys[key]
+
+
+# --- command line -------------------------------------------------------------------------
+
+# Short flags beside the --section.key form.
+_ALIASES: Final[dict[str, tuple[str, ...]]] = {
+    "listeners.listen": ("--listen",),
+    "node.data_dir": ("--data-dir",),
+}
+_SET_DEST: Final = "config_set"
+_METAVARS: Final[dict[str, str]] = {
+    "bool": "BOOL",
+    "int": "N",
+    "float": "NUMBER",
+    "str": "TEXT",
+    "list": "URL",
+}
+
+
+def _arg_type(spec: _Key) -> Callable[[str], str]:
+    """An argparse ``type`` that checks the value early and keeps the string."""
+
+    def parse(text: str) -> str:
+        try:
+            value = _convert(spec, text, from_string=True)
+            if spec.kind != "list":  # list items are checked once the list is complete
+                _validate(spec, value)
+        except _Invalid as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return parse
+
+
+def _set_type(text: str) -> str:
+    dotted, sep, value = text.partition("=")
+    try:
+        if not sep:
+            raise ConfigError(f"expected KEY=VALUE, got {text!r}")
+        spec = _lookup(dotted, "--set")
+        _arg_type(spec)(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE``, ``--set KEY=VALUE``, one ``--section.key VALUE`` flag per key
+    and the aliases ``--listen URL`` (repeatable) and ``--data-dir DIR`` to *parser*.
+
+    Each key's flag stores its string under the dotted key as ``dest``, and only when given;
+    ``overrides_from_args`` turns the parsed namespace into ``load_config`` overrides.
+    """
+    group = parser.add_argument_group(
+        "configuration",
+        "Settings override the config file and TIDEMQ_<SECTION>_<KEY> environment "
+        "variables; see docs/config.md.",
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help=f"TOML config file (default: ${ENV_CONFIG_FILE} if set, else none)",
+    )
+    group.add_argument(
+        "--set",
+        dest=_SET_DEST,
+        metavar="KEY=VALUE",
+        action="append",
+        type=_set_type,
+        default=argparse.SUPPRESS,
+        help="set any key, e.g. --set limits.max_packet_size=2048 (repeatable)",
+    )
+    for spec in _all_keys():
+        text = spec.doc.split(". ")[0].rstrip(".").replace("`", "").replace("%", "%%")
+        if spec.kind == "list":
+            text += " (repeatable; replaces the configured list)"
+        group.add_argument(
+            spec.flag,
+            *_ALIASES.get(spec.dotted, ()),
+            dest=spec.dotted,
+            metavar=_metavar(spec),
+            action="append" if spec.kind == "list" else "store",
+            type=_arg_type(spec),
+            default=argparse.SUPPRESS,
+            help=text,
+        )
+
+
+def _metavar(spec: _Key) -> str:
+    if spec.kind == "choice":
+        return "{" + ",".join(spec.choices) + "}"
+    if spec.unit:
+        return spec.unit.upper()
+    if spec.kind == "str" and spec.name.endswith("dir"):
+        return "DIR"
+    return _METAVARS[spec.kind]
+
+
+def overrides_from_args(ns: argparse.Namespace) -> dict[str, str]:
+    """The overrides for ``load_config`` from a namespace parsed with ``add_arguments``:
+    ``--set`` values first, then the ``--section.key`` flags and their aliases. Repeated
+    list flags (``--listen``) are joined into one list, returned as a TOML array string."""
+    given = vars(ns)
+    out: dict[str, str] = {}
+    for item in given.get(_SET_DEST) or ():
+        dotted, _, value = item.partition("=")
+        out[_lookup(dotted, "--set").dotted] = value
+    for spec in _all_keys():
+        if spec.dotted not in given:
+            continue
+        value = given[spec.dotted]
+        if spec.kind == "list":
+            items = [url for text in value for url in _parse_list(text)]
+            out[spec.dotted] = _toml_value(items)
+        else:
+            out[spec.dotted] = value
+    return out
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+_TOML_ESCAPES: Final = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        out = []
+        for c in value:
+            if c in _TOML_ESCAPES:
+                out.append(_TOML_ESCAPES[c])
+            elif ord(c) < 0x20 or ord(c) == 0x7F:
+                out.append(f"\\u{ord(c):04x}")
+            else:
+                out.append(c)
+        return '"' + "".join(out) + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def _default_text(spec: _Key) -> str:
+    return _toml_value(spec.doc_default if spec.doc_default is not None else spec.default)
+
+
+def _type_text(spec: _Key) -> str:
+    names = {
+        "bool": "boolean",
+        "int": "integer",
+        "float": "number",
+        "str": "string",
+        "choice": "string",
+        "list": "list of strings",
+    }
+    return f"{names[spec.kind]} ({spec.unit})" if spec.unit else names[spec.kind]
+
+
+def _constraints(spec: _Key) -> str:
+    if spec.kind == "choice":
+        return "One of " + ", ".join(f"`{c}`" for c in spec.choices) + "."
+    if spec.kind in ("int", "float") and _range_text(spec) not in ("", "at least 0"):
+        return _range_text(spec).capitalize() + "."
+    return ""
+
+
+def _comment(text: str, width: int = 98) -> list[str]:
+    return [f"# {line}" for line in textwrap.wrap(text.replace("`", ""), width - 2)]
+
+
+def example_toml() -> str:
+    """The commented example config with every key at its default (``tidemq/default.toml``)."""
+    lines = [
+        "# TideMQ configuration, with every key at its default value.",
+        "#",
+        "# Generated from tidemq/config.py by",
+        "#     python -m tidemq.config --example > tidemq/default.toml",
+        "# The full reference is docs/config.md. Environment variables",
+        "# (TIDEMQ_<SECTION>_<KEY>) override this file and command-line flags",
+        "# (--section.key VALUE, --set section.key=VALUE) override both.",
+    ]
+    for section, keys in _KEYS.items():
+        lines += ["", "", *_comment(_section_doc(section)), f"[{section}]"]
+        for spec in keys.values():
+            lines.append("")
+            lines += _comment(" ".join(filter(None, [spec.doc, _constraints(spec)])))
+            if spec.precedent:
+                lines += _comment(f"Precedent: {spec.precedent}")
+            line = f"{spec.name} = {_default_text(spec)}"
+            lines.append(f"# {line}" if spec.doc_default is not None else line)
+            if spec.example:
+                lines += [f"# {text}" for text in spec.example.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def to_toml(config: Config) -> str:
+    """*config* as a TOML document that ``load_config`` reads back to an equal config."""
+    lines: list[str] = []
+    for section, keys in _KEYS.items():
+        if lines:
+            lines.append("")
+        lines.append(f"[{section}]")
+        values = getattr(config, section)
+        lines += [f"{name} = {_toml_value(getattr(values, name))}" for name in keys]
+    return "\n".join(lines) + "\n"
+
+
+def _section_doc(section: str) -> str:
+    return " ".join((_SECTION_TYPES[section].__doc__ or "").split())
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown() -> str:
+    """The configuration reference, ``docs/config.md``."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "_Generated from `tidemq/config.py` by "
+        "`python -m tidemq.config --markdown > docs/config.md`; do not edit by hand "
+        "(`tests/test_config.py` fails when this file is out of date)._",
+        "",
+        "TideMQ reads one TOML file (`--config FILE`, or the file named by "
+        f"`{ENV_CONFIG_FILE}`), then environment variables, then command-line flags; each "
+        "source overrides the ones before it, key by key. `tidemq/default.toml` lists "
+        "every key with its default value and comments.",
+        "",
+        "- **Environment variables** are `TIDEMQ_<SECTION>_<KEY>` in upper case, e.g. "
+        "`TIDEMQ_LIMITS_MAX_PACKET_SIZE=2048`. Any other `TIDEMQ_` variable is an error, "
+        f"except `{ENV_CONFIG_FILE}` and `TIDEMQ_TEST_*`.",
+        "- **Flags** are `--section.key VALUE` with dashes in the key, e.g. "
+        "`--limits.max-packet-size 2048`, or `--set section.key=VALUE`. Aliases: "
+        "`--listen URL` for `--listeners.listen` (repeatable; the URLs given replace the "
+        "configured list) and `--data-dir DIR` for `--node.data-dir`.",
+        "- **Values from strings** (variables and flags): booleans are `true`/`false`, "
+        "`yes`/`no`, `on`/`off` or `1`/`0`; lists are comma-separated "
+        '(`tcp://0.0.0.0:1883,tcp://[::]:1884`) or a TOML array (`["tcp://0.0.0.0:1883"]`); '
+        "choices are case-insensitive. Durations are in seconds and may be fractional.",
+        "- **Errors**: an unknown section or key, a value of the wrong type and a value out "
+        "of range all stop the broker with a message naming the key and where the value "
+        "came from.",
+    ]
+    for section, keys in _KEYS.items():
+        lines += [
+            "",
+            f"## [{section}]",
+            "",
+            _section_doc(section),
+            "",
+            "| Key | Type | Default | Environment variable | Flag | Description |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for spec in keys.values():
+            flags = ", ".join(f"`{flag}`" for flag in (spec.flag, *_ALIASES.get(spec.dotted, ())))
+            description = " ".join(
+                filter(
+                    None,
+                    [
+                        spec.doc,
+                        _constraints(spec),
+                        f"Precedent: {spec.precedent}" if spec.precedent else "",
+                    ],
+                )
+            )
+            row = [
+                f"`{spec.name}`",
+                _type_text(spec),
+                f"`{_default_text(spec)}`",
+                f"`{spec.env}`",
+                flags,
+                description,
+            ]
+            lines.append("| " + " | ".join(_cell(cell) for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tidemq.config``: print the reference (``--markdown``), the example file
+    (``--example``), or the effective configuration from the file, environment and flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tidemq.config",
+        description="Print the TideMQ configuration reference, the example config, or the "
+        "effective configuration.",
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--markdown", action="store_true", help="print docs/config.md")
+    what.add_argument("--example", action="store_true", help="print tidemq/default.toml")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(render_markdown())
+    elif args.example:
+        sys.stdout.write(example_toml())
+    else:
+        try:
+            config = load_config(args.config, overrides=overrides_from_args(args))
+        except ConfigError as exc:
+            sys.stderr.write(f"tidemq: config error: {exc}\n")
+            return 2
+        sys.stdout.write(to_toml(config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
