@@ -57,8 +57,9 @@ class Paho:
 
     async def subscribe(self, topic: str, qos: int = 0, **kwargs: Any) -> list[int]:
         if self.protocol == V5:
+            properties = kwargs.pop("properties", None)
             options = mqtt.SubscribeOptions(qos=qos, **kwargs)
-            self.client.subscribe(topic, options=options, properties=kwargs.get("properties"))
+            self.client.subscribe(topic, options=options, properties=properties)
         else:
             self.client.subscribe(topic, qos)
         return await asyncio.to_thread(self.subacks.get, True, WAIT)
