@@ -31,7 +31,7 @@ def u32(value: int) -> bytes:
 
 def varint(value: int) -> bytes:
     """Encode a Variable Byte Integer; at most four bytes [MQTT-1.5.5-1]."""
-    if value < 128:
+    if 0 <= value < 128:
         return bytes((value,))
     if value > MAX_VARINT or value < 0:
         raise LocalProtocolError(f"variable byte integer out of range: {value}")

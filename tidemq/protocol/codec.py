@@ -534,7 +534,9 @@ def _decode_subscribe(flags: int, buf: Buffer, pos: int, end: int, version: int)
         options, pos = read_u8(buf, pos, end)
         qos = options & 3
         if qos == 3:
-            raise MalformedPacket("subscription with QoS 3", rule="[MQTT-3.8.3-4]")
+            if version == V5:  # "a Protocol Error" in MQTT 5.0 §3.8.3.1
+                raise ProtocolViolation("subscription with Maximum QoS 3")
+            raise MalformedPacket("subscription with QoS 3", rule="[MQTT-3-8.3-4]")
         if version == V5:
             if options & 0xC0:
                 raise MalformedPacket("subscription reserved bits set", rule="[MQTT-3.8.3-5]")
@@ -810,6 +812,10 @@ class PacketReader:
                 i += 1
                 remaining |= (byte & 0x7F) << shift
                 if not byte & 0x80:
+                    if not byte:
+                        raise MalformedPacket(
+                            "remaining length not minimally encoded", rule="[MQTT-1.5.5-1]"
+                        )
                     break
                 shift += 7
                 if i - pos >= 5:

@@ -111,7 +111,8 @@ class Connect(Packet):
     properties: Properties = NO_PROPERTIES
 
     def __post_init__(self) -> None:
-        ProtocolVersion(self.protocol_version)
+        if self.protocol_version not in (3, 4, 5):
+            raise LocalProtocolError(f"unknown protocol version {self.protocol_version!r}")
         check_utf8(self.client_id, "client id")
         if not 0 <= self.keepalive <= 0xFFFF:
             raise LocalProtocolError("keepalive out of range 0..65535")
@@ -129,7 +130,7 @@ class Connect(Packet):
             raise LocalProtocolError(
                 "MQTT 3 needs a username with a password", rule="[MQTT-3.1.2-22]"
             )
-        if self.protocol_version < ProtocolVersion.V5 and self.properties is not NO_PROPERTIES:
+        if self.protocol_version < ProtocolVersion.V5 and self.properties:
             raise LocalProtocolError("properties need MQTT 5")
         validate_properties(self.properties, PacketType.CONNECT)
 
@@ -228,7 +229,8 @@ class Subscription:
         if error:
             raise LocalProtocolError(error)
         _check_qos(self.qos)
-        RetainHandling(self.retain_handling)
+        if self.retain_handling not in (0, 1, 2):
+            raise LocalProtocolError(f"retain handling {self.retain_handling!r} is not 0, 1 or 2")
         if self.no_local and self.topic_filter.startswith(("$share/", "$queue/")):
             raise LocalProtocolError("No Local on a shared subscription", rule="[MQTT-3.8.3-4]")
 

@@ -470,7 +470,8 @@ def decode_properties(buf: Buffer, pos: int, end: int, context: Context) -> tupl
             raise MalformedPacket(f"unknown property identifier 0x{pid:02x}")
         name, reader, repeatable, minimum, maximum, packets = spec
         if context not in packets:
-            raise ProtocolViolation(
+            # An identifier not valid for the packet type is a Malformed Packet (§2.2.2.2).
+            raise MalformedPacket(
                 f"property {name} is not allowed in {_context_name(context)}",
                 rule="[MQTT-2.2.2-2]",
             )
