@@ -75,6 +75,7 @@ _RC = ReasonCode
 
 class ClientHandler:
     __slots__ = (
+        "_aliases_sent",
         "_connect_entry",
         "_held",
         "_keepalive_entry",
@@ -109,6 +110,7 @@ class ClientHandler:
         self.ready = False  # CONNACK sent, deliveries may flow
         self.superuser = False
         self._problem_info = True
+        self._aliases_sent: set[int] | None = None  # topic aliases the client has seen
         self._held: list[Packet] | None = None  # packets that arrive during async auth
         self._keepalive_entry: Any = None
         self._connect_entry: Any = core.scheduler.call_later(
@@ -256,6 +258,15 @@ class ClientHandler:
             self._connect_entry = None
         self.version = version = int(packet.protocol_version)
         self.v5 = version == 5
+        if not self.v5:
+            # MQTT 3 announces no Receive Maximum; inbound QoS 2 is bounded by
+            # max_awaiting_rel instead, and QoS 1 is acknowledged at once.
+            self.conn.receive_maximum = 65_535
+        if len(core.handlers) > settings.max_connections:
+            # Every live connection counts, this one included. CONNACK 0x89 Server busy
+            # (MQTT 3: 0x03 Server unavailable), then close.
+            self._refuse(_RC.SERVER_BUSY, "too many connections")
+            return None
         client_id = packet.client_id
         props = packet.properties
         assigned: str | None = None
@@ -615,28 +626,36 @@ class ClientHandler:
             self.core.stats.messages_expired += 1
             return
         conn = self.conn
+        session = self.session
+        if qos:
+            assert session is not None
+            if (session.queue and not from_queue) or len(session.inflight) >= self._window():
+                # Never exceed the client's Receive Maximum [MQTT-3.3.4-7]: queue instead,
+                # before a topic alias is spent on a delivery that does not go out now.
+                self.core.enqueue(session, message, qos, retain, sub_ids)
+                return
         v5 = self.v5
+        announce = 0
         if v5 and conn.peer_topic_alias_maximum and self.core.settings.assign_topic_aliases:
-            parts = self._aliased(message, qos, retain, sub_ids)
+            head, tail, announce = self._aliased(message, qos, retain, sub_ids)
         else:
-            parts = message.wire(v5, qos, retain, sub_ids)
-        head, tail = parts
+            head, tail = message.wire(v5, qos, retain, sub_ids)
         limit = conn.peer_max_packet_size
         if limit is not None and len(head) + len(tail) + (2 if qos else 0) > limit:
             # Too large for this client: dropped for it alone [MQTT-3.1.2-25].
             self.core.stats.messages_dropped_too_large += 1
             self.core.stats.messages_dropped += 1
             return
+        if announce:
+            # The client learns an alias only from a PUBLISH it actually receives.
+            if self._aliases_sent is None:
+                self._aliases_sent = set()
+            self._aliases_sent.add(announce)
         if not qos:
             self._write(head + tail)
             self.core.stats.publish_sent += 1
             return
-        session = self.session
         assert session is not None
-        if (session.queue and not from_queue) or len(session.inflight) >= conn.peer_receive_maximum:
-            # Never exceed the client's Receive Maximum [MQTT-3.3.4-7]: queue instead.
-            self.core.enqueue(session, message, qos, retain, sub_ids)
-            return
         pid = conn.next_packet_id()
         conn.track_outgoing(pid, qos)
         session.inflight[pid] = Inflight(message, qos, retain, sub_ids, self.core.loop.time())
@@ -645,25 +664,43 @@ class ClientHandler:
 
     def _aliased(
         self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[bytes, bytes, int]:
+        """The PUBLISH parts with a topic alias, and the alias to record as announced
+        once the packet is really sent (0: nothing to record)."""
         found = self.conn.outgoing_alias(message.topic)
         if found is None:
-            return message.wire(True, qos, retain, sub_ids)
-        alias, new = found
+            head, tail = message.wire(True, qos, retain, sub_ids)
+            return head, tail, 0
+        alias = found[0]
         props = message.properties_for(sub_ids, topic_alias=alias)
-        # A known alias goes with an empty topic name (MQTT 5.0 §3.3.2.3.4).
-        topic = message.topic_bytes if new else b""
-        return encode_publish_parts(topic, message.payload, qos, retain, False, props)
+        sent = self._aliases_sent
+        if sent is not None and alias in sent:
+            # A known alias goes with an empty topic name (MQTT 5.0 §3.3.2.3.4).
+            head, tail = encode_publish_parts(b"", message.payload, qos, retain, False, props)
+            return head, tail, 0
+        # New, or assigned to a delivery the client never got (dropped as too large): the
+        # topic name goes along until a PUBLISH carrying both has been sent.
+        head, tail = encode_publish_parts(
+            message.topic_bytes, message.payload, qos, retain, False, props
+        )
+        return head, tail, alias
+
+    def _window(self) -> int:
+        """The outgoing QoS 1/2 window: the client's Receive Maximum, capped by our
+        ``max_inflight`` (which also bounds MQTT 3 clients, who announce none)."""
+        peer = self.conn.peer_receive_maximum
+        cap = self.core.settings.max_inflight
+        return cap if cap < peer else peer
 
     def _drain_queue(self) -> None:
         session = self.session
         if session is None:
             return
         queue = session.queue
-        conn = self.conn
-        while queue and len(session.inflight) < conn.peer_receive_maximum:
+        window = self._window()
+        while queue and len(session.inflight) < window:
             item = queue.popleft()
-            if item.qos and len(session.inflight) >= conn.peer_receive_maximum:
+            if item.qos and len(session.inflight) >= window:
                 queue.appendleft(item)
                 return
             self.send_message(item.message, item.qos, item.retain, item.sub_ids, from_queue=True)
@@ -721,6 +758,12 @@ class ClientHandler:
         for sub in packet.subscriptions:
             code = self._subscribe_one(session, sub, sub_id, retained)
             codes.append(code if self.v5 else v3_suback_code(code))
+        if self.version == 3 and 0x80 in codes:
+            # MQTT 3.1's SUBACK has no failure code (the encoder refuses 0x80): the only
+            # honest answer to a refused subscription is to close the connection.
+            log.info("closing %s: subscription refused, MQTT 3.1 cannot say so", self.client_id)
+            self._close("subscription refused", _RC.UNSPECIFIED_ERROR, publish_will=True)
+            return
         self._write(self.conn.send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes))))
         # Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-9].
         for opts, messages in retained:
