@@ -37,6 +37,7 @@ from .errors import (
     MalformedPacket,
     PacketTooLarge,
     ProtocolViolation,
+    RemoteProtocolError,
     TopicNameInvalid,
     UnsupportedProtocolVersion,
 )
@@ -731,6 +732,15 @@ def decode(data: bytes | bytearray | memoryview, version: int) -> Packet:
     return packet
 
 
+def _peek_level(buf: Buffer, start: int, end: int) -> int | None:
+    """The protocol level of a CONNECT body, if its name and level are well formed."""
+    if end - start >= 7 and buf[start : start + 6] == b"\x00\x04MQTT" and buf[start + 6] in (4, 5):
+        return buf[start + 6]
+    if end - start >= 9 and buf[start : start + 8] == b"\x00\x06MQIsdp" and buf[start + 8] == 3:
+        return 3
+    return None
+
+
 class PacketReader:
     """Incremental framer and decoder for one byte stream.
 
@@ -843,7 +853,13 @@ class PacketReader:
         if version is None:
             if first >> 4 != 1:
                 raise ProtocolViolation("the first packet must be CONNECT", rule="[MQTT-3.1.0-1]")
-            packet = _decode_connect(first & 0x0F, buf, start, end, 5)
+            try:
+                packet = _decode_connect(first & 0x0F, buf, start, end, 5)
+            except RemoteProtocolError:
+                # Record the level if it was readable, so the reply to a malformed CONNECT
+                # can be a CONNACK of the client's own version (v5: reason 0x81).
+                self.version = _peek_level(buf, start, end)
+                raise
             assert isinstance(packet, Connect)
             if first & 0x0F:
                 raise MalformedPacket("CONNECT reserved flags", rule="[MQTT-2.1.3-1]")

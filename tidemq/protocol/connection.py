@@ -260,6 +260,11 @@ class MQTTConnection:
                 handled = self._on_packet(packet)
                 if handled is not None:
                     out.append(handled)
+                # DISCONNECT or a failing CONNACK ends the conversation: whatever the same
+                # chunk carries after it is ignored, as in a later call. (mypy still holds
+                # the narrowing from the check at the top; _on_packet changed the state.)
+                if self.state is _S.CLOSED:  # type: ignore[comparison-overlap]
+                    return out
         except RemoteProtocolError as exc:
             self._fail(exc)
             raise
@@ -451,17 +456,9 @@ class MQTTConnection:
         if ptype not in CAN_SEND[(role, state)]:
             raise LocalProtocolError(f"cannot send {ptype.name} in state {state.name}")
         version = self.version
-        if role is Role.CLIENT and isinstance(packet, Connect):
-            version = self.version = int(packet.protocol_version)
-            self._reader.version = version
-            self.keepalive = packet.keepalive
-            props = packet.properties
-            if props.receive_maximum is not None:
-                self.receive_maximum = props.receive_maximum
-            if props.topic_alias_maximum is not None:
-                self.topic_alias_maximum = props.topic_alias_maximum
-            if props.maximum_packet_size is not None:
-                self._reader.max_packet_size = props.maximum_packet_size
+        if isinstance(packet, Connect):
+            # Adopted by _sent_connect only once the packet is known to be sendable.
+            version = int(packet.protocol_version)
         assert version is not None
         if ptype is _T.DISCONNECT and role is Role.SERVER and version != 5:
             raise LocalProtocolError("an MQTT 3 server closes without DISCONNECT")
@@ -483,6 +480,18 @@ class MQTTConnection:
         self.last_sent = now
         return data
 
+    def _sent_connect(self, packet: Connect) -> None:
+        version = self.version = int(packet.protocol_version)
+        self._reader.version = version
+        self.keepalive = packet.keepalive
+        props = packet.properties
+        if props.receive_maximum is not None:
+            self.receive_maximum = props.receive_maximum
+        if props.topic_alias_maximum is not None:
+            self.topic_alias_maximum = props.topic_alias_maximum
+        if props.maximum_packet_size is not None:
+            self._reader.max_packet_size = props.maximum_packet_size
+
     def _sent_connack(self, packet: ConnAck) -> None:
         if self._held is not None:
             if packet.reason_code < 0x80:
@@ -502,7 +511,7 @@ class MQTTConnection:
         if packet.qos:
             pid = packet.packet_id
             current = self._outgoing.get(pid)
-            if current is not None and not packet.dup:
+            if (current is not None and not packet.dup) or pid in self._requests:
                 raise LocalProtocolError(f"packet id {pid} is in use", rule="[MQTT-2.2.1-3]")
             if current is None:
                 self.track_outgoing(pid, packet.qos)
@@ -624,6 +633,7 @@ _RECEIVE_HANDLERS: dict[type[Packet], Callable[[MQTTConnection, Any], Packet | N
     PingReq: MQTTConnection._on_pingreq,
 }
 _SEND_HOOKS: dict[type[Packet], Callable[[MQTTConnection, Any], None]] = {
+    Connect: MQTTConnection._sent_connect,
     ConnAck: MQTTConnection._sent_connack,
     Publish: MQTTConnection._sent_publish,
     PubAck: MQTTConnection._sent_ack,

@@ -154,7 +154,8 @@ class ConnAck(Packet):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Publish(Packet):
     """An application message on the wire. ``packet_id`` is 0 for QoS 0; for QoS 1/2 a 0
-    means "not assigned yet" (``MQTTConnection.send`` assigns one; the encoder refuses 0)."""
+    means "not assigned yet": allocate one with ``MQTTConnection.next_packet_id()`` and
+    ``dataclasses.replace`` it in before sending (the encoder refuses 0)."""
 
     type: ClassVar[PacketType] = PacketType.PUBLISH
     topic: str
