@@ -84,8 +84,10 @@ def _allowed(layer: str, target: str) -> bool:
     target_layer = _layer_of(target)
     if target_layer is None:
         return True  # app, cli, config, log, testing: checked below
-    if target_layer == layer or target_layer.startswith(layer + ".") or layer.startswith(
-        target_layer + "."
+    if (
+        target_layer == layer
+        or target_layer.startswith(layer + ".")
+        or layer.startswith(target_layer + ".")
     ):
         return True
     rel = target.removeprefix("tidemq.")

@@ -1,7 +1,7 @@
 """A pytest plugin for users' own tests: an in-process TideMQ broker on a free port.
 
-Enable it with ``pytest -p tidemq.testing`` (or ``pytest_plugins = ["tidemq.testing"]`` in a
-``conftest.py``), then::
+Installed with TideMQ, it registers itself through the ``pytest11`` entry point (or name it
+explicitly with ``pytest -p tidemq.testing``), then::
 
     async def test_roundtrip(mqtt_broker):
         host, port = mqtt_broker.host, mqtt_broker.port
