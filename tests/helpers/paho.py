@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,12 +93,20 @@ class Paho:
     async def wait_disconnected(self, timeout: float = WAIT) -> int:
         return await asyncio.to_thread(self.disconnects.get, True, timeout)
 
-    def kill(self) -> None:
-        """Drop the TCP connection without DISCONNECT (abnormal close: wills fire)."""
+    async def kill(self) -> None:
+        """Drop the TCP connection without DISCONNECT (abnormal close: wills fire).
+
+        The socket is shut down first, so the broker sees the close at once; paho's loop
+        thread is then stopped off the event loop (its join can take a second).
+        """
+        self.client._reconnect_on_failure = False  # paho would otherwise reconnect itself
         sock = self.client.socket()
-        self.client.loop_stop()
         if sock is not None:
-            sock.close()
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        await asyncio.to_thread(self.client.loop_stop)
 
 
 def _rc_value(rc: Any) -> int:
