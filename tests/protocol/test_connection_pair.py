@@ -1133,3 +1133,26 @@ def test_restored_incoming_qos2_counts_against_receive_maximum() -> None:
     pair.server.restore_incoming_qos2(1)
     with pytest.raises(ReceiveMaximumExceeded):
         pair.feed(CLIENT, encode(Publish(topic="t", qos=1, packet_id=2), 5))
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_ack_publish_fast_path_matches_send(version: int) -> None:
+    """``ack_publish`` produces the bytes and state changes of ``send(PubAck/PubRec)``."""
+    for qos, cls in ((1, PubAck), (2, PubRec)):
+        fast, slow = MQTTConnection(SERVER), MQTTConnection(SERVER)
+        for conn in (fast, slow):
+            conn.receive_data(encode(Connect(protocol_version=version, client_id="a"), version))
+            conn.send(ConnAck())
+            conn.receive_data(encode(Publish(topic="t", qos=qos, packet_id=9), version))
+        assert fast.ack_publish(9, qos) == slow.send(cls(packet_id=9))
+        assert fast.incoming_qos2() == slow.incoming_qos2()
+        # The receive-maximum slot is released alike: a new PUBLISH with the same id is new.
+        again = encode(Publish(topic="t", qos=qos, packet_id=9), version)
+        assert fast.receive_data(again) == slow.receive_data(again)
+    server = MQTTConnection(SERVER)
+    server.receive_data(encode(Connect(protocol_version=4, client_id="a"), 4))
+    server.send(ConnAck())
+    with pytest.raises(LocalProtocolError):
+        server.ack_publish(1, 1, 0x10)  # reason codes need MQTT 5
+    with pytest.raises(LocalProtocolError):
+        server.ack_publish(1, 0)

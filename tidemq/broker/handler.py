@@ -588,14 +588,9 @@ class ClientHandler:
         qos = packet.qos
         if not qos:
             return
-        ack: Packet
-        if qos == 1:
-            ack = PubAck(packet_id=packet.packet_id, reason_code=code)
-        else:
-            ack = PubRec(packet_id=packet.packet_id, reason_code=code)
-            if code >= 0x80 and self.session is not None:
-                self.session.awaiting_rel.pop(packet.packet_id, None)
-        self._write(self.conn.send(ack))
+        if qos == 2 and code >= 0x80 and self.session is not None:
+            self.session.awaiting_rel.pop(packet.packet_id, None)
+        self._write(self.conn.ack_publish(packet.packet_id, qos, code))
 
     def authorize_publish(self, topic: str, qos: int, retain: bool) -> bool:
         if self.superuser or self.info is None:

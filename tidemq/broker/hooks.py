@@ -32,6 +32,7 @@ class Decision(Enum):
 
 
 class HookPoint(Enum):
+    __hash__ = object.__hash__  # identity: cheap on the per-message ``Hooks.has`` checks
     # Decision hooks (return Decision)
     AUTHENTICATE = "client.authenticate"  # may be async
     AUTHORIZE_PUBLISH = "client.authorize.publish"

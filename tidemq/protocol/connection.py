@@ -63,6 +63,10 @@ DEFAULT_RECEIVE_MAXIMUM: Final = 65_535
 
 
 class ConnectionState(Enum):
+    # Members are singletons: identity hashing is exact and much cheaper than Enum's
+    # name-based __hash__ on the per-packet table lookups.
+    __hash__ = object.__hash__
+
     IDLE = "IDLE"  # client: nothing sent yet
     AWAIT_CONNECT = "AWAIT_CONNECT"  # server: nothing received yet
     CONNECTING = "CONNECTING"  # CONNECT sent (client) / received (server), no CONNACK yet
@@ -72,6 +76,8 @@ class ConnectionState(Enum):
 
 class OutgoingState(Enum):
     """The machine of one packet id we sent a QoS 1/2 PUBLISH with."""
+
+    __hash__ = object.__hash__
 
     AWAIT_PUBACK = 1
     AWAIT_PUBREC = 2
@@ -525,6 +531,37 @@ class MQTTConnection:
                 del self._in_qos2[pid]  # the exchange ends with a failing PUBREC
             else:
                 self._in_qos2[pid] = True
+
+    def ack_publish(self, packet_id: int, qos: int, reason_code: int = 0) -> bytes:
+        """The PUBACK (QoS 1) or PUBREC (QoS 2) for a received PUBLISH, as bytes.
+
+        Equivalent to ``send(PubAck(...))`` / ``send(PubRec(...))`` without building a
+        packet object: the broker acknowledges every inbound QoS 1/2 message this way.
+
+        Raises:
+            LocalProtocolError: not connected, or a reason code this version cannot carry.
+        """
+        if self.state is not _S.CONNECTED:
+            raise LocalProtocolError(f"cannot acknowledge in state {self.state.name}")
+        if reason_code:
+            ptype = _T.PUBACK if qos == 1 else _T.PUBREC
+            if self.version != 5 or not reason_code_allowed(reason_code, ptype):
+                raise LocalProtocolError(f"reason code 0x{reason_code:02x} not allowed here")
+        if qos == 1:
+            self._in_qos1.discard(packet_id)
+            first = 0x40
+        elif qos == 2:
+            if packet_id in self._in_qos2:
+                if reason_code >= 0x80:
+                    del self._in_qos2[packet_id]  # a failing PUBREC ends the exchange
+                else:
+                    self._in_qos2[packet_id] = True
+            first = 0x50
+        else:
+            raise LocalProtocolError("QoS 0 messages are not acknowledged")
+        if reason_code:
+            return bytes((first, 3, packet_id >> 8, packet_id & 0xFF, reason_code))
+        return bytes((first, 2, packet_id >> 8, packet_id & 0xFF))
 
     def _sent_request(self, packet: Subscribe | Unsubscribe) -> None:
         if packet.packet_id in self._requests or packet.packet_id in self._outgoing:
