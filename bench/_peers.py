@@ -23,6 +23,12 @@ decoded one packet at a time.  Encoding builds the packet object from the field 
 from the raw bytes by a small stdlib parser here, not by the peer) and serialises it; with
 ``build=False`` only the serialisation of one prebuilt packet object is timed.
 
+``*_reencode`` (also given the packet ids) measure what a broker does when one QoS 1/2 PUBLISH
+fans out: produce its bytes again for another receiver, with that receiver's packet id.  amqtt:
+set ``packet_id`` on one prebuilt ``PublishPacket`` and call ``to_bytes()``; mqtt-codec
+(immutable packets): build ``MqttPublish(pid, ...)`` and ``encode`` it.  The packet ids come
+from the caller, so every codec gets the same sequence.
+
 Before any timing each function checks that the peer really decodes the packet (fields compared
 with the stdlib parse, whole buffer consumed) or encodes it byte for byte; the timed loops also
 count the packets they decode.  A failed check raises ``PeerCheckError``.
@@ -41,7 +47,7 @@ import io
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,11 +61,14 @@ __all__ = [
     "PeerUnavailable",
     "amqtt_decode",
     "amqtt_encode",
+    "amqtt_reencode",
     "available",
     "mqtt_codec_decode",
     "mqtt_codec_encode",
+    "mqtt_codec_reencode",
     "parse_packet",
     "sample_packets",
+    "with_packet_id",
 ]
 
 REPEATS = 3
@@ -237,6 +246,15 @@ def parse_packet(raw: bytes) -> PacketFields:
             pos += 1
         return PacketFields(ptype, flags, packet_id=pid, filters=tuple(filters))
     raise ValueError(f"packet type {ptype} is not one of the benchmark cases")
+
+
+def with_packet_id(raw: bytes, packet_id: int) -> bytes:
+    """``raw`` (a QoS 1/2 PUBLISH, MQTT 3.1.1) with its packet id replaced by ``packet_id``."""
+    want = parse_packet(raw)
+    if want.packet_type != _PUBLISH or not want.qos:
+        raise ValueError("only a QoS 1/2 PUBLISH has a packet id to replace")
+    at = len(raw) - len(want.payload) - 2
+    return raw[:at] + struct.pack("!H", packet_id) + raw[at + 2 :]
 
 
 def _check(ok: bool, peer: str, what: str, got: object, want: object) -> None:
@@ -449,6 +467,46 @@ def amqtt_encode(
     return rate
 
 
+def amqtt_reencode(
+    raw: bytes,
+    packet_ids: Sequence[int],
+    *,
+    passes: int | None = None,
+    verbose: bool = False,
+) -> float:
+    """amqtt ops/s of producing the QoS 1/2 PUBLISH in ``raw`` again for another receiver.
+
+    An op sets ``packet_id`` on one prebuilt ``PublishPacket`` (amqtt packets are mutable)
+    and calls ``to_bytes()``; one pass walks ``packet_ids``.  Each output is checked against
+    ``raw`` with the packet id replaced before timing.
+    """
+    _require("amqtt")
+    want = parse_packet(raw)
+    pkt = _amqtt_builder(want)()
+    for pid in packet_ids:
+        pkt.packet_id = pid
+        got = pkt.to_bytes()
+        exp = with_packet_id(raw, pid)
+        _check(got == exp, "amqtt", f"re-encoded bytes for packet id {pid}", got, exp)
+    pids = list(packet_ids)
+
+    def run(n: int) -> tuple[float, int]:
+        done = 0
+        to_bytes = pkt.to_bytes
+        t0 = time.perf_counter()
+        for _ in range(n):
+            for pid in pids:
+                pkt.packet_id = pid
+                to_bytes()
+            done += len(pids)
+        return time.perf_counter() - t0, done
+
+    units = passes if passes is not None else _calibrate(run)
+    rate = _best_rate(run, units, len(pids))
+    _report(verbose, "amqtt re-encode", units, len(pids), rate)
+    return rate
+
+
 # --------------------------------------------------------------------------- mqtt-codec
 
 
@@ -622,13 +680,62 @@ def mqtt_codec_encode(
     return rate
 
 
+def mqtt_codec_reencode(
+    raw: bytes,
+    packet_ids: Sequence[int],
+    *,
+    passes: int | None = None,
+    verbose: bool = False,
+) -> float:
+    """mqtt-codec ops/s of producing the QoS 1/2 PUBLISH in ``raw`` again for another receiver.
+
+    mqtt-codec packets are immutable, so an op builds ``MqttPublish(pid, ...)`` and writes it
+    with ``encode`` into an ``io.BytesIO``; one pass walks ``packet_ids``.  Each output is
+    checked against ``raw`` with the packet id replaced before timing.
+    """
+    _require("mqtt-codec")
+    from mqtt_codec.packet import MqttPublish
+
+    want = parse_packet(raw)
+    if want.packet_type != _PUBLISH or not want.qos:
+        raise ValueError("re-encoding needs a QoS 1/2 PUBLISH")
+    topic, payload, qos = want.topic, want.payload, want.qos
+    for pid in packet_ids:
+        got = _mqtt_codec_serialize(MqttPublish(pid, topic, payload, False, qos, False))
+        exp = with_packet_id(raw, pid)
+        _check(got == exp, "mqtt-codec", f"re-encoded bytes for packet id {pid}", got, exp)
+    pids = list(packet_ids)
+    bytes_io = io.BytesIO
+
+    def run(n: int) -> tuple[float, int]:
+        done = 0
+        t0 = time.perf_counter()
+        for _ in range(n):
+            for pid in pids:
+                f = bytes_io()
+                MqttPublish(pid, topic, payload, False, qos, False).encode(f)
+                f.getvalue()
+            done += len(pids)
+        return time.perf_counter() - t0, done
+
+    units = passes if passes is not None else _calibrate(run)
+    rate = _best_rate(run, units, len(pids))
+    _report(verbose, "mqtt-codec re-encode", units, len(pids), rate)
+    return rate
+
+
 # --------------------------------------------------------------------------- registry
 
-# peer -> operation -> fn(raw_packet_bytes, **options) -> ops/s.  Check available() first:
-# calling a function of a peer that is not installed raises PeerUnavailable.
+# peer -> operation -> fn(raw_packet_bytes, **options) -> ops/s ("reencode" also takes the
+# packet ids).  Check available() first: calling a function of a peer that is not installed
+# raises PeerUnavailable.
 PEER_OPS: dict[str, dict[str, Callable[..., float]]] = {
-    "amqtt": {"decode": amqtt_decode, "encode": amqtt_encode},
-    "mqtt-codec": {"decode": mqtt_codec_decode, "encode": mqtt_codec_encode},
+    "amqtt": {"decode": amqtt_decode, "encode": amqtt_encode, "reencode": amqtt_reencode},
+    "mqtt-codec": {
+        "decode": mqtt_codec_decode,
+        "encode": mqtt_codec_encode,
+        "reencode": mqtt_codec_reencode,
+    },
 }
 
 
@@ -642,7 +749,12 @@ def _main() -> None:
                 print(f"  {name}: not installed")
                 continue
             for op, fn in ops.items():
-                rate = fn(raw)
+                if op == "reencode":
+                    if not parse_packet(raw).qos:
+                        continue
+                    rate = fn(raw, list(range(1, 1001)))
+                else:
+                    rate = fn(raw)
                 print(f"  {name:<10} {op:<6} {rate:>12,.0f} ops/s")
 
 

@@ -18,6 +18,7 @@ import logging
 import random
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,7 @@ class BrokerCore:
         self.stats = Stats()
         self.sessions: dict[str, Session] = {}
         self.handlers: set[ClientHandler] = set()
+        self.online = 0  # sessions whose handler is set; see ClientHandler._accept/_session_closed
         self.tree: TopicTree[Session, SubOptions] = TopicTree()
         self.retained: RetainedTree[Message] = RetainedTree()
         self.closing = False
@@ -82,7 +84,8 @@ class BrokerCore:
 
     @property
     def connected_count(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.handler is not None)
+        """Sessions with a live connection (kept as a counter: read on every CONNECT)."""
+        return self.online
 
     # --- routing ---------------------------------------------------------------------
 
@@ -201,7 +204,10 @@ class BrokerCore:
         if qos == 0 and not self.settings.queue_qos0:
             self.stats.messages_dropped += 1
             return False
-        if len(session.queue) >= self.settings.max_queued_messages:
+        queue = session.queue
+        if queue is None:
+            queue = session.queue = deque()
+        if len(queue) >= self.settings.max_queued_messages:
             session.dropped += 1
             self.stats.messages_dropped += 1
             self.stats.messages_dropped_queue_full += 1
@@ -211,7 +217,7 @@ class BrokerCore:
                     _message_event(message, receiver=session.client_id, reason="queue_full"),
                 )
             return False
-        session.queue.append(QueuedDelivery(message, qos, retain, sub_ids))
+        queue.append(QueuedDelivery(message, qos, retain, sub_ids))
         return True
 
     # --- retained --------------------------------------------------------------------
@@ -259,7 +265,7 @@ class BrokerCore:
         for topic_filter in session.subscriptions:
             self.tree.unsubscribe(topic_filter, session)
         session.subscriptions.clear()
-        session.queue.clear()
+        session.queue = None
         session.inflight.clear()
         if session.expiry_entry is not None:
             session.expiry_entry.cancel()

@@ -215,6 +215,7 @@ class ClientHandler:
         assert session is not None
         self.ready = False
         session.handler = None
+        core.online -= 1
         # Keep in-flight QoS 2 receipts for exactly-once on resume.
         for pid in self.conn.incoming_qos2():
             session.awaiting_rel.setdefault(pid, core.loop.time())
@@ -415,6 +416,7 @@ class ClientHandler:
         session.expiry_interval = expiry
         session.will = packet.will
         session.handler = self
+        core.online += 1
         self.session = session
 
         ack_props: dict[str, Any] = {}

@@ -90,7 +90,8 @@ class Session:
         self.expiry_interval = 0
         self.subscriptions: dict[str, SubOptions] = {}
         self.inflight: dict[int, Inflight] = {}
-        self.queue: deque[QueuedDelivery] = deque()
+        # Created on first use: an empty deque costs ~760 bytes per idle session.
+        self.queue: deque[QueuedDelivery] | None = None
         self.awaiting_rel: dict[int, float] = {}
         self.handler: ClientHandler | None = None
         self.will: Will | None = None
