@@ -431,6 +431,25 @@ def _decode_connack(flags: int, buf: Buffer, pos: int, end: int, version: int) -
     return p
 
 
+class _PublishTwin(Packet):
+    """Same slot layout as the frozen ``Publish`` but assignable: the decoder fills one and
+    switches its ``__class__`` to ``Publish``. That costs a third of setting seven fields
+    through ``object.__setattr__`` (measured in bench/codec.py: 540 → 170 ns per packet).
+    """
+
+    __slots__ = Publish.__slots__
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    packet_id: int
+    properties: Properties
+
+
+_BOOL = (False, True)
+
+
 def _decode_publish(flags: int, buf: Buffer, pos: int, end: int, version: int) -> Publish:
     qos = (flags >> 1) & 3
     if qos == 3:
@@ -469,15 +488,16 @@ def _decode_publish(flags: int, buf: Buffer, pos: int, end: int, version: int) -
             raise ProtocolViolation("empty topic without a topic alias", rule="[MQTT-3.3.2-1]")
     elif not topic:
         raise MalformedPacket("empty topic name", rule="[MQTT-4.7.3-1]")
-    p = _new(Publish)
-    _set(p, "topic", topic)
-    _set(p, "payload", buf[pos:end] if type(buf) is bytes else bytes(buf[pos:end]))
-    _set(p, "qos", qos)
-    _set(p, "retain", bool(flags & 1))
-    _set(p, "dup", bool(flags & 8))
-    _set(p, "packet_id", packet_id)
-    _set(p, "properties", props)
-    return p
+    b = _new(_PublishTwin)
+    b.topic = topic
+    b.payload = buf[pos:end] if type(buf) is bytes else bytes(buf[pos:end])
+    b.qos = qos
+    b.retain = _BOOL[flags & 1]
+    b.dup = _BOOL[(flags >> 3) & 1]
+    b.packet_id = packet_id
+    b.properties = props
+    b.__class__ = Publish  # type: ignore[assignment]
+    return b  # type: ignore[return-value]
 
 
 def _check_code(code: int, ptype: PacketType) -> None:
