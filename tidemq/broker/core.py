@@ -40,8 +40,6 @@ from .handler import ClientHandler
 
 log = logging.getLogger("tidemq.broker")
 
-# How often expired retained messages and stale awaiting-PUBREL entries are swept.
-SWEEP_INTERVAL = 5.0
 
 SHARED_STRATEGIES = ("round_robin", "random", "sticky", "hash_clientid")
 
@@ -70,7 +68,7 @@ class BrokerCore:
         self.retained: RetainedTree[Message] = RetainedTree()
         self.closing = False
         self._sticky: dict[tuple[str, str], Session] = {}
-        self._sweep = self.scheduler.call_later(SWEEP_INTERVAL, self._sweep_expired)
+        self._sweep = self.scheduler.call_later(settings.sweep_interval, self._sweep_expired)
         self.sys_publisher: Callable[[], None] | None = None
 
     # --- connections -----------------------------------------------------------------
@@ -361,11 +359,17 @@ class BrokerCore:
                 handler.retry_inflight(loop_now)
         for session in self.sessions.values():
             if session.awaiting_rel:
-                stale = [pid for pid, t in session.awaiting_rel.items() if now - t > timeout]
+                # A PUBREL that never came: forget the packet id after await_rel_timeout
+                # (EMQX's await_rel_timeout); a later PUBREL gets PUBCOMP 0x92.
+                stale = [p for p, t in session.awaiting_rel.items() if loop_now - t > timeout]
                 for pid in stale:
                     del session.awaiting_rel[pid]
+                    if session.handler is not None:
+                        session.handler.conn.forget_incoming_qos2(pid)
         if not self.closing:
-            self._sweep = self.scheduler.call_later(SWEEP_INTERVAL, self._sweep_expired)
+            self._sweep = self.scheduler.call_later(
+                self.settings.sweep_interval, self._sweep_expired
+            )
 
     def close(self) -> None:
         self.closing = True

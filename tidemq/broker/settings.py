@@ -32,6 +32,7 @@ DEFAULT_SESSION_EXPIRY = 7200
 # [MQTT-4.4.0-1], so v5 clients are never retried. 0 disables.
 DEFAULT_RETRY_INTERVAL = 30.0
 NEVER_EXPIRES = 0xFFFF_FFFF
+DEFAULT_SWEEP_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +60,9 @@ class BrokerSettings:
     max_session_expiry: int = NEVER_EXPIRES
     retry_interval: float = DEFAULT_RETRY_INTERVAL
     message_expiry_max: int = 0  # cap on any message's lifetime in seconds; 0 = no cap
+    # How often expired retained messages, stale awaiting-PUBREL ids and MQTT 3 retries are
+    # swept, as one scheduler entry; those timeouts are accurate to this interval.
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
     allow_anonymous: bool = True
     shared_subscription_strategy: str = "round_robin"
     assign_topic_aliases: bool = True

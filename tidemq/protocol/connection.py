@@ -629,6 +629,10 @@ class MQTTConnection:
         """Re-create an incoming QoS 2 exchange awaiting PUBREL (exactly once on resume)."""
         self._in_qos2[packet_id] = True
 
+    def forget_incoming_qos2(self, packet_id: int) -> None:
+        """Drop an incoming QoS 2 exchange whose PUBREL never came (the owner's timeout)."""
+        self._in_qos2.pop(packet_id, None)
+
     def outgoing(self) -> dict[int, OutgoingState]:
         """A copy of the outgoing QoS exchanges in flight."""
         return dict(self._outgoing)
