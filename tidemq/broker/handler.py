@@ -12,6 +12,7 @@ No task, timer or log call per packet.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -29,6 +30,7 @@ from tidemq.protocol import (
     MQTTConnection,
     OutgoingState,
     Packet,
+    PacketType,
     PingReq,
     Properties,
     PubAck,
@@ -45,16 +47,19 @@ from tidemq.protocol import (
     Unsubscribe,
     encode_publish_parts,
     parse_shared,
+    reason_code_allowed,
     topic_filter_error,
     v3_suback_code,
 )
 
 from .hooks import (
     AuthenticateEvent,
+    AuthStep,
     ClientInfo,
     ConnectedEvent,
     Decision,
     DisconnectedEvent,
+    EnhancedAuthEvent,
     HookPoint,
     MessageEvent,
     PublishAuthEvent,
@@ -76,6 +81,7 @@ _RC = ReasonCode
 class ClientHandler:
     __slots__ = (
         "_aliases_sent",
+        "_auth",
         "_connect_entry",
         "_held",
         "_keepalive_entry",
@@ -112,6 +118,7 @@ class ClientHandler:
         self._problem_info = True
         self._aliases_sent: set[int] | None = None  # topic aliases the client has seen
         self._held: list[Packet] | None = None  # packets that arrive during async auth
+        self._auth: _EnhancedAuth | None = None
         self._keepalive_entry: Any = None
         self._connect_entry: Any = core.scheduler.call_later(
             settings.connect_timeout, self._connect_timeout
@@ -129,7 +136,11 @@ class ClientHandler:
             self._protocol_error(exc)
             return
         if self._held is not None:
-            self._held.extend(packets)
+            for packet in packets:
+                if type(packet) is Auth and self._auth is not None:
+                    self._on_auth(packet)  # the exchange goes on while other packets wait
+                else:
+                    self._held.append(packet)
         else:
             self._handle(packets)
         out = conn.data_to_send()
@@ -185,7 +196,11 @@ class ClientHandler:
         self._close(f"protocol error: {exc}", exc.reason_code, publish_will=True)
 
     def disconnect(self, reason_code: int, reason: str, *, publish_will: bool = True) -> None:
-        """Close from our side; v5 clients get a DISCONNECT with *reason_code* first."""
+        """Close from our side; v5 clients get a DISCONNECT with *reason_code* first (or,
+        before our CONNACK, a CONNACK carrying it: CONNACK must come first [MQTT-3.2.0-1])."""
+        if self.conn.state is ConnectionState.CONNECTING and self.session is None:
+            self._refuse(reason_code, reason)
+            return
         if self.v5 and self.conn.state in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
             try:
                 self._write(self.conn.send(Disconnect(reason_code=reason_code)))
@@ -254,6 +269,10 @@ class ClientHandler:
     def _on_connect(self, packet: Connect) -> object:
         core = self.core
         settings = core.settings
+        identity = getattr(self.link, "cert_identity", None)
+        if identity is not None and identity != packet.username:
+            # The listener's cert_as_username: the client certificate names the user.
+            packet = dataclasses.replace(packet, username=identity)
         if self._connect_entry is not None:
             self._connect_entry.cancel()
             self._connect_entry = None
@@ -295,7 +314,8 @@ class ClientHandler:
                 # MQTT 3 cannot be told another keepalive: refuse, as Mosquitto does.
                 self._refuse(_RC.CLIENT_IDENTIFIER_NOT_VALID, "keepalive above maximum")
                 return None
-        if props.authentication_method is not None:
+        method = props.authentication_method
+        if method is not None and not core.hooks.has(HookPoint.ENHANCED_AUTH):
             # Enhanced authentication needs a configured method (MQTT 5.0 §4.12).
             self._refuse(_RC.BAD_AUTHENTICATION_METHOD, "no enhanced auth configured")
             return None
@@ -316,7 +336,14 @@ class ClientHandler:
             peer=peer,
             listener=self.link.listener,
             protocol_version=version,
+            cert_common_name=getattr(self.link, "cert_common_name", None),
         )
+        if method is not None:
+            # MQTT 5 enhanced authentication replaces the password chain (as in EMQX).
+            self._held = []
+            self._auth = _EnhancedAuth(packet, client_id, assigned, server_keepalive, method)
+            core.loop.create_task(self._enhanced_step(props.authentication_data))
+            return _HOLD
         if core.hooks.has(HookPoint.AUTHENTICATE):
             self._held = []
             core.loop.create_task(self._authenticate(packet, client_id, assigned, server_keepalive))
@@ -351,6 +378,10 @@ class ClientHandler:
             return
         self.superuser = result.superuser
         self._accept(packet, client_id, assigned, server_keepalive)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Handle the packets that arrived while authentication was pending."""
         held = self._held or []
         self._held = None
         if held and self.conn.state is not ConnectionState.CLOSED:
@@ -359,11 +390,60 @@ class ClientHandler:
         if out:
             self._write(out, _count_packets(out))
 
+    async def _enhanced_step(self, data: bytes | None) -> None:
+        """Run one step of an enhanced authentication (MQTT 5.0 §4.12) and answer it."""
+        core = self.core
+        state = self._auth
+        assert state is not None
+        assert self.info is not None
+        reauth = self.ready
+        event = EnhancedAuthEvent(
+            client=self.info, method=state.method, data=data, step=state.step, reauthenticate=reauth
+        )
+        state.step += 1
+        state.waiting = False
+        result = await core.hooks.enhanced_auth(event, core.settings.auth_timeout)
+        if self._closed():
+            return
+        auth_props = Properties(authentication_method=state.method, authentication_data=result.data)
+        if result.step is AuthStep.CONTINUE:
+            state.waiting = True
+            auth = Auth(reason_code=_RC.CONTINUE_AUTHENTICATION, properties=auth_props)
+            self._write(self.conn.send(auth))
+            return
+        if reauth:
+            if result.step is AuthStep.SUCCESS:
+                self._write(self.conn.send(Auth(reason_code=_RC.SUCCESS, properties=auth_props)))
+            else:
+                self.disconnect(
+                    result.reason_code or _RC.NOT_AUTHORIZED, "re-authentication failed"
+                )
+            return
+        if result.step is AuthStep.SUCCESS:
+            self.superuser = result.superuser
+            self._accept(
+                state.connect,
+                state.client_id,
+                state.assigned,
+                state.server_keepalive,
+                auth_props={
+                    "authentication_method": state.method,
+                    "authentication_data": result.data,
+                },
+            )
+            self._release_held()
+        elif result.step is AuthStep.UNSUPPORTED:
+            self._refuse(_RC.BAD_AUTHENTICATION_METHOD, f"authentication method {state.method!r}")
+        else:
+            self._refuse(result.reason_code or _RC.NOT_AUTHORIZED, "enhanced authentication failed")
+
     def _closed(self) -> bool:
         return self.conn.state is ConnectionState.CLOSED or self.link.is_closing()
 
     def _refuse(self, code: int, reason: str) -> None:
         log.info("refusing %s (%s): %s", self.client_id or "?", self.link.peer, reason)
+        if self.v5 and not reason_code_allowed(code, PacketType.CONNACK):
+            code = _RC.UNSPECIFIED_ERROR
         try:
             if self.v5 or code in (0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C):
                 self._write(self.conn.send(ConnAck(reason_code=code)))
@@ -373,7 +453,12 @@ class ClientHandler:
         self.link.close()
 
     def _accept(
-        self, packet: Connect, client_id: str, assigned: str | None, server_keepalive: int | None
+        self,
+        packet: Connect,
+        client_id: str,
+        assigned: str | None,
+        server_keepalive: int | None,
+        auth_props: dict[str, Any] | None = None,
     ) -> None:
         core = self.core
         settings = core.settings
@@ -443,6 +528,8 @@ class ClientHandler:
                 ack_props["shared_subscription_available"] = 0
             if props.request_response_information == 1:
                 ack_props["response_information"] = f"response/{client_id}"
+            if auth_props:
+                ack_props.update(auth_props)
         ack = ConnAck(
             session_present=session_present and self.version != 3,
             properties=Properties(**ack_props) if ack_props else NO_PROPERTIES,
@@ -868,14 +955,59 @@ class ClientHandler:
         )
 
     def _on_auth(self, packet: Auth) -> None:
-        # Without an enhanced authentication method there is no AUTH exchange to continue.
-        self.disconnect(_RC.PROTOCOL_ERROR, "unexpected AUTH")
+        state = self._auth
+        if state is None:
+            # No enhanced authentication was started at CONNECT: nothing to continue.
+            self.disconnect(_RC.PROTOCOL_ERROR, "unexpected AUTH")
+            return
+        if packet.properties.authentication_method != state.method:
+            # The method must stay the same throughout [MQTT-4.12.0-5].
+            self.disconnect(_RC.PROTOCOL_ERROR, "AUTH with another authentication method")
+            return
+        code = packet.reason_code
+        if code == _RC.CONTINUE_AUTHENTICATION and state.waiting:
+            self.core.loop.create_task(self._enhanced_step(packet.properties.authentication_data))
+        elif code == _RC.RE_AUTHENTICATE and self.ready and not state.waiting:
+            state.step = 0
+            self.core.loop.create_task(self._enhanced_step(packet.properties.authentication_data))
+        else:
+            self.disconnect(_RC.PROTOCOL_ERROR, "AUTH out of sequence")
 
     def _on_pingreq(self, packet: PingReq) -> None:
         pass  # PINGRESP is queued by the protocol object; receipt already moved keepalive
 
 
 _HOLD = object()
+
+
+class _EnhancedAuth:
+    """State of an MQTT 5 enhanced authentication exchange on one connection."""
+
+    __slots__ = (
+        "assigned",
+        "client_id",
+        "connect",
+        "method",
+        "server_keepalive",
+        "step",
+        "waiting",
+    )
+
+    def __init__(
+        self,
+        connect: Connect,
+        client_id: str,
+        assigned: str | None,
+        server_keepalive: int | None,
+        method: str,
+    ) -> None:
+        self.connect = connect
+        self.client_id = client_id
+        self.assigned = assigned
+        self.server_keepalive = server_keepalive
+        self.method = method
+        self.step = 0
+        self.waiting = False  # True while we wait for the client's AUTH 0x18
 
 
 def _pubrel_bytes(packet_id: int) -> bytes:

@@ -35,6 +35,7 @@ class HookPoint(Enum):
     __hash__ = object.__hash__  # identity: cheap on the per-message ``Hooks.has`` checks
     # Decision hooks (return Decision)
     AUTHENTICATE = "client.authenticate"  # may be async
+    ENHANCED_AUTH = "client.enhanced_auth"  # MQTT 5 AUTH exchanges (§4.12); may be async
     AUTHORIZE_PUBLISH = "client.authorize.publish"
     AUTHORIZE_SUBSCRIBE = "client.authorize.subscribe"
     # Notification hooks (return None)
@@ -71,6 +72,34 @@ class AuthResult:
     """What an authenticator answers: a decision, optionally a reason code and superuser."""
 
     decision: Decision
+    reason_code: int | None = None
+    superuser: bool = False
+
+
+class AuthStep(Enum):
+    """What an enhanced-authentication callback answers for one step of the exchange."""
+
+    SUCCESS = "success"  # authenticated: CONNACK 0x00 (or AUTH 0x00 on re-authentication)
+    CONTINUE = "continue"  # send AUTH 0x18 with ``data`` and wait for the client's answer
+    FAILURE = "failure"  # refuse: CONNACK (or DISCONNECT) with ``reason_code`` or 0x87
+    UNSUPPORTED = "unsupported"  # not this callback's method: ask the next one (DEFER)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnhancedAuthEvent:
+    """One step of an MQTT 5 enhanced authentication (CONNECT or AUTH from the client)."""
+
+    client: ClientInfo
+    method: str
+    data: bytes | None
+    step: int  # 0 for the CONNECT (or the AUTH 0x19 that starts a re-authentication)
+    reauthenticate: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnhancedAuthResult:
+    step: AuthStep
+    data: bytes | None = None  # Authentication Data to send back
     reason_code: int | None = None
     superuser: bool = False
 
@@ -193,6 +222,27 @@ class Hooks:
             if isinstance(result, AuthResult) and result.decision is not Decision.DEFER:
                 return result
         return AuthResult(decision=default)
+
+    async def enhanced_auth(self, event: EnhancedAuthEvent, timeout: float) -> EnhancedAuthResult:
+        """Run the enhanced-authentication chain: the first answer that is not
+        ``UNSUPPORTED`` wins; none at all means the method is not supported (0x8C)."""
+        import asyncio
+
+        for _, name, callback in self._callbacks[HookPoint.ENHANCED_AUTH]:
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    awaitable: Awaitable[Any] = result
+                    result = await asyncio.wait_for(awaitable, timeout)
+            except TimeoutError:
+                log.warning("enhanced authenticator %s timed out after %.1f s", name, timeout)
+                return EnhancedAuthResult(step=AuthStep.FAILURE, reason_code=0x88)
+            except Exception:
+                log.exception("enhanced authenticator %s failed; denying", name)
+                return EnhancedAuthResult(step=AuthStep.FAILURE)
+            if isinstance(result, EnhancedAuthResult) and result.step is not AuthStep.UNSUPPORTED:
+                return result
+        return EnhancedAuthResult(step=AuthStep.UNSUPPORTED)
 
     def notify(self, point: HookPoint, event: object) -> None:
         """Run a notification chain; a failing callback is logged and skipped."""
