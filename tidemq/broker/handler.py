@@ -735,16 +735,19 @@ class ClientHandler:
             if self._aliases_sent is None:
                 self._aliases_sent = set()
             self._aliases_sent.add(announce)
+        core = self.core
         if not qos:
             self._write(head + tail)
-            self.core.stats.publish_sent += 1
-            return
-        assert session is not None
-        pid = conn.next_packet_id()
-        conn.track_outgoing(pid, qos)
-        session.inflight[pid] = Inflight(message, qos, retain, sub_ids, self.core.loop.time())
-        self._write(head + pid.to_bytes(2, "big") + tail)
-        self.core.stats.publish_sent += 1
+            core.stats.publish_sent += 1
+        else:
+            assert session is not None
+            pid = conn.next_packet_id()
+            conn.track_outgoing(pid, qos)
+            session.inflight[pid] = Inflight(message, qos, retain, sub_ids, core.loop.time())
+            self._write(head + pid.to_bytes(2, "big") + tail)
+            core.stats.publish_sent += 1
+        if core.hooks.has(HookPoint.MESSAGE_DELIVERED):
+            core.hooks.notify(HookPoint.MESSAGE_DELIVERED, _to_event(message, self.client_id))
 
     def _aliased(
         self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
@@ -791,11 +794,22 @@ class ClientHandler:
 
     # --- acknowledgements ------------------------------------------------------------
 
-    def _on_puback(self, packet: PubAck) -> None:
+    def _completed(self, packet_id: int) -> None:
+        """A QoS 1/2 delivery finished (PUBACK, PUBCOMP, or a failing PUBREC)."""
         session = self.session
-        done = session is not None and session.inflight.pop(packet.packet_id, None) is not None
-        if done and session is not None and session.queue:
+        if session is None:
+            return
+        entry = session.inflight.pop(packet_id, None)
+        if entry is None:
+            return
+        hooks = self.core.hooks
+        if hooks.has(HookPoint.MESSAGE_ACKED):
+            hooks.notify(HookPoint.MESSAGE_ACKED, _to_event(entry.message, self.client_id))
+        if session.queue:
             self._drain_queue()
+
+    def _on_puback(self, packet: PubAck) -> None:
+        self._completed(packet.packet_id)
 
     def _on_pubrec(self, packet: PubRec) -> None:
         session = self.session
@@ -805,17 +819,12 @@ class ClientHandler:
         if entry is None:
             return
         if packet.reason_code >= 0x80:
-            del session.inflight[packet.packet_id]
-            if session.queue:
-                self._drain_queue()
+            self._completed(packet.packet_id)
         else:
             entry.released = True  # PUBREL was queued by the protocol object
 
     def _on_pubcomp(self, packet: PubComp) -> None:
-        session = self.session
-        done = session is not None and session.inflight.pop(packet.packet_id, None) is not None
-        if done and session is not None and session.queue:
-            self._drain_queue()
+        self._completed(packet.packet_id)
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
@@ -1041,7 +1050,7 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-def _to_event(message: Message) -> MessageEvent:
+def _to_event(message: Message, receiver: str | None = None) -> MessageEvent:
     return MessageEvent(
         client_id=message.sender,
         topic=message.topic,
@@ -1049,6 +1058,7 @@ def _to_event(message: Message) -> MessageEvent:
         qos=message.qos,
         retain=message.retain,
         properties=message.properties,
+        receiver=receiver,
     )
 
 
