@@ -449,6 +449,13 @@ class _PublishTwin(Packet):
 
 _BOOL = (False, True)
 
+# Topic names already decoded and checked: most traffic repeats a small set of topics, and
+# a hit skips the UTF-8 decode and the three checks, and hands the trie the same str object
+# (hash already computed). Bounded: cleared when full, so hostile topic churn costs one
+# dict insert per packet and never memory. Only valid topics are cached.
+TOPIC_CACHE_SIZE: Final = 4096
+_TOPIC_CACHE: dict[bytes, str] = {}
+
 
 def _decode_publish(flags: int, buf: Buffer, pos: int, end: int, version: int) -> Publish:
     qos = (flags >> 1) & 3
@@ -461,14 +468,20 @@ def _decode_publish(flags: int, buf: Buffer, pos: int, end: int, version: int) -
     tend = pos + 2 + ((buf[pos] << 8) | buf[pos + 1])
     if tend > end:
         raise MalformedPacket("topic runs past the end of the packet")
-    try:
-        topic = buf[pos + 2 : tend].decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedPacket("topic is not well-formed UTF-8", rule="[MQTT-1.5.4-1]") from None
-    if "+" in topic or "#" in topic:
-        raise TopicNameInvalid("wildcard in a topic name", rule="[MQTT-3.3.2-2]")
-    if "\x00" in topic:
-        raise MalformedPacket("topic contains U+0000", rule="[MQTT-1.5.4-2]")
+    raw_topic = buf[pos + 2 : tend]
+    topic = _TOPIC_CACHE.get(raw_topic)  # type: ignore[arg-type]
+    if topic is None:
+        try:
+            topic = raw_topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedPacket("topic is not well-formed UTF-8", rule="[MQTT-1.5.4-1]") from None
+        if "+" in topic or "#" in topic:
+            raise TopicNameInvalid("wildcard in a topic name", rule="[MQTT-3.3.2-2]")
+        if "\x00" in topic:
+            raise MalformedPacket("topic contains U+0000", rule="[MQTT-1.5.4-2]")
+        if len(_TOPIC_CACHE) >= TOPIC_CACHE_SIZE:
+            _TOPIC_CACHE.clear()
+        _TOPIC_CACHE[bytes(raw_topic)] = topic
     pos = tend
     packet_id = 0
     if qos:
