@@ -42,11 +42,20 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def all_keys() -> list[tuple[str, str]]:
-    return [
-        (section.name, key.name)
-        for section in dataclasses.fields(Config)
-        for key in dataclasses.fields(getattr(Config(), section.name))
-    ]
+    """(dotted section, key) of every setting; sub-sections (``listeners.tls``) included."""
+    out: list[tuple[str, str]] = []
+
+    def visit(section: str, value: object) -> None:
+        for key in dataclasses.fields(value):  # type: ignore[arg-type]
+            child = getattr(value, key.name)
+            if dataclasses.is_dataclass(child):
+                visit(f"{section}.{key.name}", child)
+            else:
+                out.append((section, key.name))
+
+    for section in dataclasses.fields(Config):
+        visit(section.name, getattr(Config(), section.name))
+    return out
 
 
 # --- defaults -----------------------------------------------------------------------------
@@ -84,6 +93,7 @@ def test_defaults() -> None:
     assert cfg.mqtt.shared_subscription_strategy == "round_robin"
     assert cfg.mqtt.assign_topic_aliases is True
     assert cfg.mqtt.sys_interval == 10.0
+    assert (cfg.storage.backend, cfg.storage.url, cfg.storage.durability) == ("sqlite", "", "sync")
     assert (cfg.log.level, cfg.log.format) == ("info", "text")
 
 
@@ -417,11 +427,12 @@ def test_example_file_is_generated_from_the_code() -> None:
 def test_every_key_is_documented() -> None:
     example = (ROOT / "tidemq" / "default.toml").read_text()
     docs = (ROOT / "docs" / "config.md").read_text()
-    sections = re.split(r"^\[(\w+)\]$", example, flags=re.MULTILINE)
+    sections = re.split(r"^\[([\w.]+)\]$", example, flags=re.MULTILINE)
     by_section = dict(zip(sections[1::2], sections[2::2], strict=True))
     for section, key in all_keys():
         assert re.search(rf"^(# )?{key} = ", by_section[section], re.MULTILINE), (section, key)
-        assert f"`TIDEMQ_{section.upper()}_{key.upper()}`" in docs
+        env = f"TIDEMQ_{section.replace('.', '_').upper()}_{key.upper()}"
+        assert f"`{env}`" in docs
         assert f"`--{section}.{key.replace('_', '-')}`" in docs
 
 
@@ -437,7 +448,9 @@ def test_example_file_loads_to_the_defaults() -> None:
         "ws://0.0.0.0:8083/mqtt",
         "wss://0.0.0.0:8084/mqtt",
     ]
-    Config().with_values({"listeners.listen": data["listeners"]["listen"]})
+    Config().with_values(
+        {"listeners.listen": data["listeners"]["listen"], "listeners.tls.certfile": "server.pem"}
+    )
 
 
 def test_to_toml_round_trips(tmp_path: Path) -> None:

@@ -32,6 +32,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 # Standard-library modules the sans-IO protocol package must never touch.
 PROTOCOL_FORBIDDEN_STDLIB = {"asyncio", "socket", "ssl", "logging", "selectors", "threading"}
+# The composition root: no layer may import it.
+COMPOSITION_ROOTS = ("tidemq.app", "tidemq.cli")
 # Modules every package may import: the package root (version) only.
 ALWAYS_ALLOWED = {"tidemq"}
 
@@ -94,6 +96,11 @@ def _allowed(layer: str, target: str) -> bool:
     return any(rel == a or rel.startswith(a + ".") or target_layer == a for a in ALLOWED[layer])
 
 
+def _is_composition_root(target: str) -> bool:
+    # Whole module names only: tidemq.client is not tidemq.cli.
+    return any(target == root or target.startswith(root + ".") for root in COMPOSITION_ROOTS)
+
+
 def violations() -> list[str]:
     bad = []
     for path, module in _modules():
@@ -110,7 +117,7 @@ def violations() -> list[str]:
                 continue
             if layer is None or top != "tidemq":
                 continue
-            if target.startswith(("tidemq.app", "tidemq.cli")):
+            if _is_composition_root(target):
                 bad.append(f"{module} imports the composition root {target}")
             elif not _allowed(layer, target):
                 bad.append(f"{module} ({layer}) may not import {target}")
@@ -148,3 +155,10 @@ def test_checker_catches_a_forbidden_protocol_import(tmp_path: Path) -> None:
     found = _imports(module, "tidemq.protocol.bad")
     assert "asyncio" in found
     assert "tidemq.broker" in found
+
+
+def test_composition_root_match_is_by_whole_name() -> None:
+    assert _is_composition_root("tidemq.cli")
+    assert _is_composition_root("tidemq.app.sub")
+    assert not _is_composition_root("tidemq.client.builder")
+    assert not _is_composition_root("tidemq.application")

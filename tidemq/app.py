@@ -4,6 +4,9 @@
 
     async with Broker(listen=["tcp://127.0.0.1:0"]) as broker:
         port = broker.port
+
+Listener URLs take their options from ``config.listeners`` (TLS files, WebSocket options,
+...) and their own URL query; ``Broker.addresses`` gives the real ports.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from tidemq import __version__
 from tidemq.broker import BrokerCore, BrokerSettings, Hooks
 from tidemq.broker.sys_topics import SysPublisher
 from tidemq.protocol import ReasonCode
-from tidemq.transport import Listener, WriteBatcher, parse_listen_url, start_listener
+from tidemq.transport import (
+    Listener,
+    ListenerSpec,
+    TLSOptions,
+    WebSocketOptions,
+    WriteBatcher,
+    start_listener,
+)
 
 if TYPE_CHECKING:
-    from tidemq.config import Config
+    from tidemq.config import Config, ListenerConfig
 
 log = logging.getLogger("tidemq")
 
@@ -63,12 +73,49 @@ def settings_from_config(config: Config) -> BrokerSettings:
     )
 
 
+def listener_spec(listener: ListenerConfig) -> ListenerSpec:
+    """Map one resolved listener of the config onto the transport's ``ListenerSpec``."""
+    tls = ws = None
+    if listener.tls is not None:
+        t = listener.tls
+        tls = TLSOptions(
+            certfile=t.certfile,
+            keyfile=t.keyfile,
+            cafile=t.cafile,
+            require_client_cert=t.require_client_cert,
+            cert_as_username=t.cert_as_username,
+            min_version=t.min_version,
+            ciphers=t.ciphers,
+        )
+    if listener.ws is not None:
+        w = listener.ws
+        ws = WebSocketOptions(
+            path=listener.path,
+            allowed_origins=w.allowed_origins,
+            compression=w.compression,
+            max_frame_size=w.max_frame_size,
+        )
+    return ListenerSpec(
+        scheme=listener.scheme,
+        host=listener.host,
+        port=listener.port,
+        path=listener.path,
+        name=listener.name,
+        max_connections=listener.max_connections,
+        proxy_protocol=listener.proxy_protocol,
+        handshake_timeout=listener.handshake_timeout,
+        tls=tls,
+        ws=ws,
+    )
+
+
 class Broker:
     """A running TideMQ broker: core, listeners and plugins.
 
     Args:
         config: the full configuration (defaults when omitted).
-        listen: listener URLs overriding ``config.listeners.listen``.
+        listen: listener URLs overriding ``config.listeners.listen``; their options still
+            come from ``config.listeners`` and their own query.
         settings: broker-core settings overriding those derived from *config*.
         hooks: a hook registry to share with plugins (a new one when omitted).
     """
@@ -110,7 +157,10 @@ class Broker:
         if self._started:
             return
         loop = asyncio.get_running_loop()
-        specs = [parse_listen_url(url) for url in self.listen]
+        from tidemq.config import Config
+
+        listeners = (self.config or Config()).listeners
+        specs = [listener_spec(item) for item in listeners.resolve(self.listen)]
         core = self._core = BrokerCore(self.settings, hooks=self.hooks, loop=loop)
         batcher = WriteBatcher(loop)
         try:
@@ -118,7 +168,14 @@ class Broker:
                 listener = await start_listener(spec, core.connection_made, batcher)
                 self.listeners.append(listener)
                 for host, port in listener.addresses:
-                    log.info("listening on %s://%s:%d (%s)", spec.scheme, host, port, spec.name)
+                    log.info(
+                        "listening on %s://%s:%d%s (%s)",
+                        spec.scheme,
+                        f"[{host}]" if ":" in host else host,
+                        port,
+                        spec.path,
+                        spec.name,
+                    )
         except BaseException:
             for listener in self.listeners:
                 listener.close()
@@ -131,7 +188,8 @@ class Broker:
         self._started = True
 
     async def stop(self) -> None:
-        """Close every listener, then every connection (v5: DISCONNECT 0x8B)."""
+        """Close every listener, then every connection (v5: DISCONNECT 0x8B; WebSocket:
+        close 1001), then the connections still in their PROXY/TLS/WebSocket handshake."""
         if not self._started:
             return
         self._started = False
@@ -141,6 +199,8 @@ class Broker:
             listener.close()
         for handler in list(core.handlers):
             handler.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down")
+        for listener in self.listeners:
+            listener.close_connections()
         for listener in self.listeners:
             try:
                 await asyncio.wait_for(listener.wait_closed(), SHUTDOWN_FLUSH_TIMEOUT)
@@ -162,6 +222,22 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    def reload_tls(self) -> bool:
+        """Re-read every TLS listener's certificate files (SIGHUP). New connections use
+        the new files; established ones are untouched. A listener whose files fail to load
+        keeps its old ones (logged); returns whether all loaded."""
+        ok = True
+        for listener in self.listeners:
+            ok = listener.reload_tls() and ok
+        return ok
+
+    def listener(self, name: str) -> Listener:
+        """The started listener called *name* (``tls:8883``, or its ``?name=``)."""
+        for listener in self.listeners:
+            if listener.name == name:
+                return listener
+        raise KeyError(name)
 
     @property
     def addresses(self) -> list[tuple[str, str, int]]:

@@ -32,7 +32,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 __all__ = [
     "ENV_CONFIG_FILE",
@@ -41,10 +41,14 @@ __all__ = [
     "ConfigError",
     "LimitsConfig",
     "ListenURL",
+    "ListenerConfig",
     "ListenersConfig",
     "LogConfig",
     "MQTTConfig",
     "NodeConfig",
+    "StorageConfig",
+    "TLSConfig",
+    "WebSocketConfig",
     "add_arguments",
     "example_toml",
     "load_config",
@@ -71,8 +75,15 @@ ListenScheme = Literal["tcp", "tls", "ws", "wss"]
 ShareStrategy = Literal["round_robin", "random", "sticky", "hash_clientid"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 LogFormat = Literal["text", "json"]
+CertIdentity = Literal["none", "cn", "dn"]
+# The storage.api names, repeated because config stays free of broker imports.
+StorageBackend = Literal["sqlite", "memory", "redis", "postgres", "mysql"]
+StorageDurability = Literal["sync", "batch", "none"]
+TLSVersion = Literal["1.2", "1.3"]
 
 _LISTEN_SCHEMES: Final[tuple[str, ...]] = get_args(ListenScheme)
+_TLS_SCHEMES: Final = ("tls", "wss")
+_WS_SCHEMES: Final = ("ws", "wss")
 
 
 class ConfigError(ValueError):
@@ -132,19 +143,25 @@ def _doc(
 
 
 class ListenURL(NamedTuple):
-    """A parsed listener URL: ``tcp://0.0.0.0:1883``, ``ws://[::]:8083/mqtt``."""
+    """A parsed listener URL: ``tcp://0.0.0.0:1883``, ``ws://[::]:8083/mqtt``,
+    ``tls://0.0.0.0:8884?name=devices&require_client_cert=true``.
+
+    ``options`` holds the query's per-listener options, typed and checked, in order."""
 
     scheme: str
     host: str
     port: int
     path: str
+    options: tuple[tuple[str, object], ...] = ()
 
 
 def parse_listen_url(url: str) -> ListenURL:
-    """Split a listener URL into scheme, host, port and path (``ws``/``wss`` only).
+    """Split a listener URL into scheme, host, port, path (``ws``/``wss`` only) and the
+    per-listener options of its query (see ``ListenersConfig``).
 
     Raises:
-        ValueError: unknown scheme, missing host or port, or a path on ``tcp``/``tls``.
+        ValueError: unknown scheme, missing host or port, a path on ``tcp``/``tls``, or
+            an unknown or bad option in the query.
     """
     try:
         parts = urlsplit(url)
@@ -158,25 +175,84 @@ def parse_listen_url(url: str) -> ListenURL:
         raise ValueError(f"bad listener URL {url!r}: no host (use 0.0.0.0 or [::] for all)")
     if port is None:
         raise ValueError(f"bad listener URL {url!r}: no port, e.g. {parts.scheme}://HOST:1883")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"bad listener URL {url!r}: only scheme, host, port and path allowed")
+    if parts.fragment or parts.username or parts.password:
+        raise ValueError(
+            f"bad listener URL {url!r}: only scheme, host, port, path and ?options allowed"
+        )
     if parts.path not in ("", "/") and parts.scheme in ("tcp", "tls"):
         raise ValueError(f"bad listener URL {url!r}: a path is only allowed for ws:// and wss://")
-    return ListenURL(parts.scheme, parts.hostname, port, parts.path)
+    options = _listen_options(url, parts.scheme, parts.query) if parts.query else ()
+    return ListenURL(parts.scheme, parts.hostname, port, parts.path, options)
+
+
+def _option_keys(scheme: str) -> dict[str, _Key]:
+    """The keys a listener URL of *scheme* may set in its query."""
+    keys = {name: spec for name, spec in _KEYS["listeners"].items() if name != "listen"}
+    if scheme in _TLS_SCHEMES:
+        keys.update(_KEYS["listeners.tls"])
+    if scheme in _WS_SCHEMES:
+        keys.update(_KEYS["listeners.ws"])
+    return keys
+
+
+def _listen_options(url: str, scheme: str, query: str) -> tuple[tuple[str, object], ...]:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ValueError(f"bad listener URL {url!r}: the query must be KEY=VALUE&...") from None
+    keys = _option_keys(scheme)
+    given: dict[str, list[str]] = {}
+    for key, value in pairs:
+        if key != "name" and key not in keys:
+            known = ", ".join(["name", *keys])
+            raise ValueError(
+                f"bad listener URL {url!r}: unknown option {key!r}; a {scheme}:// listener "
+                f"takes {known}{_suggest(key, ['name', *keys])}"
+            )
+        given.setdefault(key, []).append(value)
+    out: list[tuple[str, object]] = []
+    for key, values in given.items():
+        if key == "name":
+            if len(values) != 1 or _check_name(values[0]):
+                raise ValueError(f"bad listener URL {url!r}: name must be one word, once")
+            out.append((key, values[0]))
+            continue
+        spec = keys[key]
+        try:
+            if spec.kind == "list":
+                typed: object = tuple(v for v in values if v)
+            elif len(values) != 1:
+                raise _Invalid("given more than once")
+            else:
+                typed = _convert(spec, values[0], from_string=True)
+            _validate(spec, typed)
+        except _Invalid as exc:
+            raise ValueError(f"bad listener URL {url!r}: option {key}: {exc}") from None
+        out.append((key, typed))
+    return tuple(out)
 
 
 def _check_listen(urls: tuple[str, ...]) -> str | None:
     if not urls:
         return "needs at least one listener URL"
-    seen: set[ListenURL] = set()
+    seen: dict[tuple[str, int], str] = {}
+    names: set[str] = set()
     for url in urls:
         try:
             parsed = parse_listen_url(url)
         except ValueError as exc:
             return str(exc)
-        if parsed in seen and parsed.port != 0:
-            return f"listener URL {url!r} is given twice"
-        seen.add(parsed)
+        address = (parsed.host, parsed.port)
+        if address in seen and parsed.port != 0:
+            if seen[address] == url:
+                return f"listener URL {url!r} is given twice"
+            return f"listener URLs {seen[address]!r} and {url!r} use the same address"
+        seen[address] = url
+        name = dict(parsed.options).get("name")
+        if isinstance(name, str):
+            if name in names:
+                return f"listener name {name!r} is given twice"
+            names.add(name)
     return None
 
 
@@ -233,25 +309,279 @@ class NodeConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class TLSConfig(_Section):
+    """TLS for `tls://` and `wss://` listeners. A listener can override any of these keys in
+    its URL query (`tls://0.0.0.0:8884?cafile=/etc/tidemq/ca.pem&require_client_cert=true`).
+    The files are read at start and again on SIGHUP, which swaps the certificates for new
+    connections without dropping established ones."""
+
+    certfile: str = field(
+        default="",
+        metadata=_doc(
+            "PEM file with the server certificate followed by its intermediates. Required "
+            "by `tls://` and `wss://` listeners.",
+            precedent="Mosquitto certfile; EMQX listeners.ssl.default.ssl_options.certfile.",
+        ),
+    )
+    keyfile: str = field(
+        default="",
+        metadata=_doc(
+            "PEM file with the unencrypted private key. Empty: the key is in `certfile`.",
+            precedent="Mosquitto keyfile; EMQX ssl_options.keyfile.",
+        ),
+    )
+    cafile: str = field(
+        default="",
+        metadata=_doc(
+            "PEM bundle of the CAs that sign client certificates. When set, clients are "
+            "asked for a certificate (and must present one with `require_client_cert`); "
+            "empty: no client certificate is asked for.",
+            precedent="Mosquitto cafile; EMQX ssl_options.cacertfile.",
+        ),
+    )
+    require_client_cert: bool = field(
+        default=False,
+        metadata=_doc(
+            "Refuse the TLS handshake of a client without a valid certificate signed by "
+            "`cafile` (mutual TLS). Needs `cafile`.",
+            precedent="Mosquitto require_certificate false; EMQX fail_if_no_peer_cert false.",
+        ),
+    )
+    cert_as_username: CertIdentity = field(
+        default="none",
+        metadata=_doc(
+            "Use the client certificate as the MQTT username, replacing the one in "
+            "CONNECT: `cn` its subject common name, `dn` its subject distinguished name "
+            "(RFC 4514, `CN=dev1,O=Acme`), `none` keeps the CONNECT username. Without a "
+            "certificate the CONNECT username stays. Authentication hooks see the "
+            "certificate's CN in any case. Needs `cafile`.",
+            precedent="EMQX peer_cert_as_username (cn, dn, ...); Mosquitto "
+            "use_identity_as_username (CN) and use_subject_as_username (DN).",
+        ),
+    )
+    min_version: TLSVersion = field(
+        default="1.2",
+        metadata=_doc(
+            "Lowest TLS version accepted.",
+            precedent="Mosquitto tls_version and EMQX versions accept TLS 1.2 and 1.3 by default.",
+        ),
+    )
+    ciphers: str = field(
+        default="",
+        metadata=_doc(
+            "OpenSSL cipher list for TLS 1.2 connections (TLS 1.3 uses OpenSSL's suites). "
+            "Empty: Python's secure defaults.",
+            precedent="Mosquitto ciphers; EMQX ssl_options.ciphers.",
+            example='e.g. ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20"',
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check_section(self)
+        if self.require_client_cert and not self.cafile:
+            raise ConfigError(
+                "require_client_cert needs cafile, the CA that signs client certificates",
+                key="listeners.tls.require_client_cert",
+            )
+        if self.cert_as_username != "none" and not self.cafile:
+            raise ConfigError(
+                "cert_as_username needs cafile, the CA that signs client certificates",
+                key="listeners.tls.cert_as_username",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig(_Section):
+    """MQTT over WebSocket: `ws://` and `wss://` listeners. A listener can override any of
+    these keys in its URL query (`ws://0.0.0.0:8083/mqtt?compression=true`; a list key is
+    repeated: `?allowed_origins=https://a.example&allowed_origins=https://b.example`)."""
+
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Origins (`https://app.example.com`) whose web pages may connect; a browser "
+            "request from another origin is answered 403. Requests without an `Origin` "
+            "header (clients that are not browsers) are accepted. Empty: any origin.",
+            precedent="EMQX websocket.check_origins, off by default (check_origin_enable false).",
+        ),
+    )
+    compression: bool = field(
+        default=False,
+        metadata=_doc(
+            "Negotiate `permessage-deflate` with clients that offer it. It saves bandwidth "
+            "on text-like payloads and costs CPU on every message.",
+            precedent="EMQX websocket.compress false.",
+        ),
+    )
+    max_frame_size: int = field(
+        default=2_097_152,
+        metadata=_doc(
+            "Largest WebSocket frame payload accepted and, with compression, the largest "
+            "decompressed message; a larger one closes the connection with code 1009. MQTT "
+            "packets are still capped by `limits.max_packet_size`. 0 = unlimited.",
+            precedent="EMQX websocket.max_frame_size infinity; TideMQ caps it at twice the "
+            "default max_packet_size so a frame holds a largest packet.",
+            unit="bytes",
+            lo=0,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One listener with its effective options: the section defaults, then its URL's
+    query. ``ListenersConfig.resolve`` makes them; ``tls`` and ``ws`` are None for the
+    schemes that do not use them."""
+
+    name: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    max_connections: int
+    proxy_protocol: bool
+    handshake_timeout: float
+    tls: TLSConfig | None
+    ws: WebSocketConfig | None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
 class ListenersConfig(_Section):
-    """Where the broker accepts connections."""
+    """Where the broker accepts connections. `listen` lists the listeners as URLs; the other
+    keys here, in [listeners.tls] and in [listeners.ws] are defaults for every listener,
+    and one listener overrides them in its URL's query, together with its `name`:
+    `tcp://0.0.0.0:1884?name=lb&proxy_protocol=true&max_connections=10000`. A listener is
+    named `SCHEME:PORT` (`tls:8883`) unless it has a `name`; the name shows in logs and
+    reaches authentication hooks."""
 
     listen: tuple[str, ...] = field(
         default=("tcp://0.0.0.0:1883",),
         metadata=_doc(
-            "Listener URLs, one per listening socket: `tcp://HOST:PORT`; `tls://HOST:PORT`, "
-            "`ws://HOST:PORT/PATH` and `wss://HOST:PORT/PATH` are reserved for the TLS and "
-            "WebSocket listeners, which are not implemented yet. Use `0.0.0.0` or `[::]` for "
-            "all interfaces; port 0 picks a free port. On the command line, `--listen URL` "
-            "(repeatable) replaces the whole list.",
+            "Listener URLs, one per listening socket: `tcp://HOST:PORT` (MQTT), "
+            "`tls://HOST:PORT` (MQTT over TLS), `ws://HOST:PORT/PATH` and "
+            "`wss://HOST:PORT/PATH` (MQTT over WebSocket, default path `/mqtt`). `tls://` "
+            "and `wss://` need `listeners.tls.certfile`. Use `0.0.0.0` or `[::]` for all "
+            "interfaces; port 0 picks a free port. A `?KEY=VALUE&...` query sets this "
+            "listener's `name` and overrides its options. On the command line, `--listen "
+            "URL` (repeatable) replaces the whole list.",
             precedent="the IANA ports Mosquitto and EMQX use: 1883 MQTT, 8883 MQTT over TLS; "
             "EMQX also 8083 WebSocket and 8084 secure WebSocket.",
             check=_check_listen,
-            example="TLS and WebSocket listeners (not implemented yet) use the usual ports:\n"
+            example="The usual four ports (tls:// and wss:// need listeners.tls.certfile):\n"
             'listen = ["tcp://0.0.0.0:1883", "tls://0.0.0.0:8883",\n'
-            '          "ws://0.0.0.0:8083/mqtt", "wss://0.0.0.0:8084/mqtt"]',
+            '          "ws://0.0.0.0:8083/mqtt", "wss://0.0.0.0:8084/mqtt"]\n'
+            "A listener behind a load balancer, with its own name and options:\n"
+            '"tcp://0.0.0.0:1884?name=lb&proxy_protocol=true&max_connections=10000"',
         ),
     )
+    max_connections: int = field(
+        default=0,
+        metadata=_doc(
+            "Most concurrent connections on each listener, counted from the TCP accept; "
+            "more are closed at once with a log line. 0 = no per-listener cap "
+            "(`limits.max_connections` still caps the total).",
+            precedent="EMQX listeners.tcp.default.max_connections (infinity); Mosquitto "
+            "per-listener max_connections -1 (unlimited).",
+            lo=0,
+        ),
+    )
+    proxy_protocol: bool = field(
+        default=False,
+        metadata=_doc(
+            "Connections start with a PROXY protocol v1 or v2 header (HAProxy, AWS NLB and "
+            "other load balancers), whose client address then stands for the connection "
+            "in logs, hooks and ACLs. A connection without a valid header is closed. Only "
+            "enable it on listeners that only the balancer can reach; usually per listener "
+            "(`?proxy_protocol=true`).",
+            precedent="EMQX listeners.tcp.default.proxy_protocol false.",
+        ),
+    )
+    handshake_timeout: float = field(
+        default=15.0,
+        metadata=_doc(
+            "Time a new connection has for its PROXY header, TLS handshake and WebSocket "
+            "upgrade before it is closed; `limits.connect_timeout` follows for CONNECT.",
+            precedent="EMQX listeners.ssl.default.handshake_timeout 15s.",
+            unit="seconds",
+            gt=0,
+        ),
+    )
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    ws: WebSocketConfig = field(default_factory=WebSocketConfig)
+
+    def __post_init__(self) -> None:
+        _check_section(self)
+        self.resolve()
+
+    def resolve(self, urls: Iterable[str] | None = None) -> tuple[ListenerConfig, ...]:
+        """The listeners of *urls* (default: ``listen``) with their effective options.
+
+        Raises:
+            ConfigError: a bad URL, a name used twice, a ``tls``/``wss`` listener without
+                a certificate, or options that do not fit together.
+        """
+        out: list[ListenerConfig] = []
+        names: set[str] = set()
+        for url in self.listen if urls is None else urls:
+            try:
+                parsed = parse_listen_url(url)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="listeners.listen") from None
+            options: dict[str, Any] = dict(parsed.options)
+            name = options.pop("name", None)
+            if name is not None:
+                if name in names:
+                    raise ConfigError(
+                        f"listener name {name!r} is given twice", key="listeners.listen"
+                    )
+            else:
+                name = base = f"{parsed.scheme}:{parsed.port}"
+                n = 1
+                while name in names:
+                    n += 1
+                    name = f"{base}-{n}"
+            names.add(name)
+            common = _take(options, "listeners")
+            tls: TLSConfig | None = None
+            ws: WebSocketConfig | None = None
+            try:
+                if parsed.scheme in _TLS_SCHEMES:
+                    tls = dataclasses.replace(self.tls, **_take(options, "listeners.tls"))
+                if parsed.scheme in _WS_SCHEMES:
+                    ws = dataclasses.replace(self.ws, **_take(options, "listeners.ws"))
+            except ConfigError as exc:
+                raise ConfigError(f"{exc.message} (listener {url!r})", key=exc.key) from None
+            if tls is not None and not tls.certfile:
+                raise ConfigError(
+                    f"listener {url!r} needs a certificate: set listeners.tls.certfile "
+                    "(or certfile=FILE in its URL)",
+                    key="listeners.tls.certfile",
+                )
+            out.append(
+                ListenerConfig(
+                    name=name,
+                    scheme=parsed.scheme,
+                    host=parsed.host,
+                    port=parsed.port,
+                    path=(parsed.path or "/mqtt") if parsed.scheme in _WS_SCHEMES else "",
+                    max_connections=common.get("max_connections", self.max_connections),
+                    proxy_protocol=common.get("proxy_protocol", self.proxy_protocol),
+                    handshake_timeout=common.get("handshake_timeout", self.handshake_timeout),
+                    tls=tls,
+                    ws=ws,
+                )
+            )
+        return tuple(out)
+
+
+def _take(options: dict[str, Any], section: str) -> dict[str, Any]:
+    """Remove and return the options that belong to *section*."""
+    return {k: options.pop(k) for k in list(options) if k in _KEYS[section]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +851,52 @@ class LogConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig(_Section):
+    """Where persistent sessions, offline queues, unacknowledged QoS 1/2 messages and
+    retained messages are kept, and how durably (see docs/storage.md). Note: this release
+    ships the storage backends, but `tidemq serve` does not persist to them yet; broker
+    state is still in memory."""
+
+    backend: StorageBackend = field(
+        default="sqlite",
+        metadata=_doc(
+            "Storage backend: `sqlite` (one file under `node.data_dir`, no server needed), "
+            "`redis`, `postgres`, `mysql` (MySQL or MariaDB), or `memory` (nothing survives "
+            "a restart).",
+            precedent="Mosquitto saves an in-memory snapshot every 30 minutes "
+            "(autosave_interval 1800); EMQX keeps offline messages in memory unless "
+            "Enterprise.",
+        ),
+    )
+    url: str = field(
+        default="",
+        metadata=_doc(
+            "Where the backend keeps its data; empty = the backend's default. `sqlite`: a "
+            "file path relative to `node.data_dir`, or `sqlite:///absolute/path` (default "
+            "`tidemq.db`). `redis`: `redis://[:PASSWORD@]HOST:PORT/DB`, with `?prefix=P` for "
+            "the key prefix (default `redis://127.0.0.1:6379/0`, prefix `tidemq:`). "
+            "`postgres`: `postgresql://USER:PASSWORD@HOST:PORT/DB` (default "
+            "`postgresql://127.0.0.1:5432/tidemq`). `mysql`: "
+            "`mysql://USER:PASSWORD@HOST:PORT/DB` (default "
+            "`mysql://tidemq@127.0.0.1:3306/tidemq`). `memory` takes none.",
+        ),
+    )
+    durability: StorageDurability = field(
+        default="sync",
+        metadata=_doc(
+            "When a QoS 1/2 PUBLISH is acknowledged. `sync`: only after it is committed and "
+            "flushed to disk (fsync) for every persistent-session subscriber, and retained "
+            "state likewise, so nothing acknowledged is lost. `batch`: after the commit, "
+            "without waiting for the flush; a broker crash loses nothing, a power failure "
+            "may lose the last moments. `none`: without waiting for the write; a broker "
+            "crash may lose the last moments. Redis and MySQL flush as their server is "
+            "configured (docs/storage.md).",
+            precedent="Mosquitto and EMQX acknowledge before anything reaches disk.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. Build it with ``load_config``; derive variants with
     ``dataclasses.replace`` or ``with_values``."""
@@ -529,12 +905,14 @@ class Config:
     listeners: ListenersConfig = field(default_factory=ListenersConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     mqtt: MQTTConfig = field(default_factory=MQTTConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
-        for name, cls in _SECTION_TYPES.items():
-            if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"must be a {cls.__name__}", key=name)
+        for f in dataclasses.fields(self):
+            cls = _SECTION_TYPES[f.name]
+            if not isinstance(getattr(self, f.name), cls):
+                raise ConfigError(f"must be a {cls.__name__}", key=f.name)
         limits = self.limits
         if limits.default_session_expiry > limits.max_session_expiry:
             raise ConfigError(
@@ -560,10 +938,22 @@ class Config:
                 raise ConfigError(str(exc), key=spec.dotted, source="with_values") from None
             changes.setdefault(spec.section, {})[spec.name] = typed
         sections = {
-            name: dataclasses.replace(getattr(self, name), **fields)
-            for name, fields in changes.items()
+            f.name: _replace_section(f.name, getattr(self, f.name), changes)
+            for f in dataclasses.fields(self)
+            if any(s == f.name or s.startswith(f.name + ".") for s in changes)
         }
         return dataclasses.replace(self, **sections)
+
+
+def _replace_section(
+    section: str, current: Any, changes: Mapping[str, Mapping[str, object]]
+) -> Any:
+    """*current* (the section named *section*) with *changes* applied, sub-sections first."""
+    fields = dict(changes.get(section, {}))
+    for attr, child in _SUBSECTIONS[section]:
+        if any(s == child or s.startswith(child + ".") for s in changes):
+            fields[attr] = _replace_section(child, getattr(current, attr), changes)
+    return dataclasses.replace(current, **fields) if fields else current
 
 
 # --- the key table ------------------------------------------------------------------------
@@ -596,7 +986,7 @@ class _Key:
 
     @property
     def env(self) -> str:
-        return f"{ENV_PREFIX}{self.section}_{self.name}".upper()
+        return f"{ENV_PREFIX}{self.section.replace('.', '_')}_{self.name}".upper()
 
     @property
     def flag(self) -> str:
@@ -619,12 +1009,40 @@ def _kind_of(tp: object) -> tuple[_Kind, tuple[str, ...]]:
     raise TypeError(f"unsupported config field type {tp!r}")
 
 
+def _is_section(tp: object) -> bool:
+    return isinstance(tp, type) and issubclass(tp, _Section)
+
+
+def _section_types() -> tuple[dict[str, type[Any]], dict[str, list[tuple[str, str]]]]:
+    """Every section by dotted name (``listeners.tls``), parents before their children, and
+    each section's sub-sections as (attribute, dotted name)."""
+    types: dict[str, type[Any]] = {}
+    children: dict[str, list[tuple[str, str]]] = {}
+
+    def visit(name: str, cls: type[Any]) -> None:
+        types[name] = cls
+        children[name] = []
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if _is_section(hints[f.name]):
+                children[name].append((f.name, f"{name}.{f.name}"))
+        for attr, child in children[name]:
+            visit(child, hints[attr])
+
+    config_hints = get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        visit(f.name, config_hints[f.name])
+    return types, children
+
+
 def _build_keys() -> dict[str, dict[str, _Key]]:
     table: dict[str, dict[str, _Key]] = {}
     for section, cls in _SECTION_TYPES.items():
         hints = get_type_hints(cls)
         keys: dict[str, _Key] = {}
         for f in dataclasses.fields(cls):
+            if _is_section(hints[f.name]):
+                continue
             kind, choices = _kind_of(hints[f.name])
             m = f.metadata
             default = f.default if f.default is not dataclasses.MISSING else None
@@ -637,10 +1055,7 @@ def _build_keys() -> dict[str, dict[str, _Key]]:
     return table
 
 
-_CONFIG_HINTS: Final = get_type_hints(Config)
-_SECTION_TYPES: Final[dict[str, type[Any]]] = {
-    f.name: _CONFIG_HINTS[f.name] for f in dataclasses.fields(Config)
-}
+_SECTION_TYPES, _SUBSECTIONS = _section_types()
 _KEYS: Final = _build_keys()
 _SECTION_OF_TYPE: Final = {cls: name for name, cls in _SECTION_TYPES.items()}
 
@@ -656,7 +1071,7 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
 
 
 def _lookup(dotted: str, source: str) -> _Key:
-    section, sep, name = dotted.strip().partition(".")
+    section, sep, name = dotted.strip().rpartition(".")
     name = name.replace("-", "_")
     if not sep or section not in _KEYS:
         raise ConfigError(
@@ -794,6 +1209,10 @@ def _validate(spec: _Key, value: Any) -> None:
 
 def _check_section(section: _Section) -> None:
     name = _SECTION_OF_TYPE[type(section)]
+    for attr, child in _SUBSECTIONS[name]:
+        cls = _SECTION_TYPES[child]
+        if not isinstance(getattr(section, attr), cls):
+            raise ConfigError(f"must be a {cls.__name__}", key=child)
     for spec in _KEYS[name].values():
         value = getattr(section, spec.name)
         try:
@@ -856,8 +1275,14 @@ def load_config(
         source = f"override {dotted}={value}"
         put(_lookup(dotted, source), value, source, from_string=True)
 
+    def build(section: str) -> Any:
+        kwargs = dict(values[section])
+        for attr, child in _SUBSECTIONS[section]:
+            kwargs[attr] = build(child)
+        return _SECTION_TYPES[section](**kwargs)
+
     try:
-        return Config(**{name: cls(**values[name]) for name, cls in _SECTION_TYPES.items()})
+        return Config(**{f.name: build(f.name) for f in dataclasses.fields(Config)})
     except ConfigError as exc:
         if exc.source is None and exc.key in sources:
             raise ConfigError(exc.message, key=exc.key, source=sources[exc.key]) from None
@@ -873,30 +1298,41 @@ def _read_toml(path: str | os.PathLike[str], source: str) -> list[tuple[_Key, ob
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", source=source) from None
     found: list[tuple[_Key, object]] = []
+    top = [f.name for f in dataclasses.fields(Config)]
     for section, table in data.items():
-        if section not in _KEYS:
+        if section not in top:
             raise ConfigError(
-                f"unknown section [{section}]; sections are {', '.join(_KEYS)}"
-                f"{_suggest(section, _KEYS)}",
+                f"unknown section [{section}]; sections are {', '.join(top)}"
+                f"{_suggest(section, top)}",
                 key=section,
                 source=source,
             )
-        if not isinstance(table, dict):
-            raise ConfigError(
-                f"must be a table ([{section}]), got {_describe(table)}",
-                key=section,
-                source=source,
-            )
-        keys = _KEYS[section]
-        for name, value in table.items():
-            if name not in keys:
-                raise ConfigError(
-                    f"unknown key; [{section}] has {', '.join(keys)}{_suggest(name, keys)}",
-                    key=f"{section}.{name}",
-                    source=source,
-                )
-            found.append((keys[name], value))
+        _read_table(section, table, source, found)
     return found
+
+
+def _read_table(section: str, table: object, source: str, found: list[tuple[_Key, object]]) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"must be a table ([{section}]), got {_describe(table)}",
+            key=section,
+            source=source,
+        )
+    keys = _KEYS[section]
+    subsections = dict(_SUBSECTIONS[section])
+    for name, value in table.items():
+        if name in subsections:
+            _read_table(subsections[name], value, source, found)
+            continue
+        if name not in keys:
+            known = [*keys, *(f"[{child}]" for child in subsections.values())]
+            raise ConfigError(
+                f"unknown key; [{section}] has {', '.join(known)}"
+                f"{_suggest(name, [*keys, *subsections])}",
+                key=f"{section}.{name}",
+                source=source,
+            )
+        found.append((keys[name], value))
 
 
 def _env_key(name: str) -> _Key | None:
@@ -906,7 +1342,15 @@ def _env_key(name: str) -> _Key | None:
     if name.startswith(_ENV_RESERVED_PREFIXES):
         return None
     source = f"environment variable {name}"
-    section, _, key = name[len(ENV_PREFIX) :].lower().partition("_")
+    rest = name[len(ENV_PREFIX) :].lower()
+    section, _, key = rest.partition("_")
+    # A sub-section's variables carry its dotted name with underscores
+    # (TIDEMQ_LISTENERS_TLS_CERTFILE); the longest section name that fits wins.
+    for dotted in sorted(_KEYS, key=len, reverse=True):
+        prefix = dotted.replace(".", "_") + "_"
+        if "." in dotted and rest.startswith(prefix):
+            section, key = dotted, rest[len(prefix) :]
+            break
     if section not in _KEYS:
         raise ConfigError(
             f"unknown section {section!r}: variables look like TIDEMQ_<SECTION>_<KEY>, with "
@@ -1126,7 +1570,9 @@ def to_toml(config: Config) -> str:
         if lines:
             lines.append("")
         lines.append(f"[{section}]")
-        values = getattr(config, section)
+        values: Any = config
+        for attr in section.split("."):
+            values = getattr(values, attr)
         lines += [f"{name} = {_toml_value(getattr(values, name))}" for name in keys]
     return "\n".join(lines) + "\n"
 
@@ -1154,10 +1600,13 @@ def render_markdown() -> str:
         "every key with its default value and comments.",
         "",
         "- **Environment variables** are `TIDEMQ_<SECTION>_<KEY>` in upper case, e.g. "
-        "`TIDEMQ_LIMITS_MAX_PACKET_SIZE=2048`. Any other `TIDEMQ_` variable is an error, "
+        "`TIDEMQ_LIMITS_MAX_PACKET_SIZE=2048`; for a sub-section the dots become "
+        "underscores too (`TIDEMQ_LISTENERS_TLS_CERTFILE` for `certfile` in "
+        "`[listeners.tls]`). Any other `TIDEMQ_` variable is an error, "
         f"except `{ENV_CONFIG_FILE}` and `TIDEMQ_TEST_*`.",
         "- **Flags** are `--section.key VALUE` with dashes in the key, e.g. "
-        "`--limits.max-packet-size 2048`, or `--set section.key=VALUE`. Aliases: "
+        "`--limits.max-packet-size 2048` or `--listeners.tls.certfile FILE`, or "
+        "`--set section.key=VALUE`. Aliases: "
         "`--listen URL` for `--listeners.listen` (repeatable; the URLs given replace the "
         "configured list) and `--data-dir DIR` for `--node.data-dir`.",
         "- **Values from strings** (variables and flags): booleans are `true`/`false`, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,12 +129,23 @@ async def connect(
     will_properties: PahoProperties | None = None,
     properties: PahoProperties | None = None,
     expect_rc: int | None = 0,
+    transport: str = "tcp",
+    ws_path: str = "/mqtt",
+    tls: ssl.SSLContext | None = None,
 ) -> Paho:
-    """Connect a paho client; waits for CONNACK and (by default) asserts success."""
+    """Connect a paho client; waits for CONNACK and (by default) asserts success.
+
+    ``transport="websockets"`` speaks MQTT over WebSocket at *ws_path*; *tls* wraps the
+    connection (MQTT over TLS, or secure WebSocket) with that client context.
+    """
     kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
     if protocol != V5:
         kwargs["clean_session"] = clean
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, transport=transport, **kwargs)
+    if transport == "websockets":
+        client.ws_set_options(path=ws_path)
+    if tls is not None:
+        client.tls_set_context(tls)
     wrapper = Paho(client, protocol)
     if username is not None:
         client.username_pw_set(username, password)

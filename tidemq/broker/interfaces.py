@@ -8,7 +8,12 @@ from typing import Protocol
 
 
 class Link(Protocol):
-    """One client connection as the broker sees it (a transport's connection object)."""
+    """One client connection as the broker sees it (a transport's connection object).
+
+    A TLS link may also carry ``cert_common_name`` (the verified client certificate's CN)
+    and ``cert_identity`` (the username its listener's ``cert_as_username`` derives from
+    the certificate); the handler reads both with ``getattr``, so other links need neither.
+    """
 
     listener: str
     peer: tuple[str, int] | None

@@ -1,0 +1,1 @@
+"""Storage layer tests: one contract over every backend, plus backend specifics."""
