@@ -68,6 +68,7 @@ def settings_from_config(config: Config) -> BrokerSettings:
         allow_anonymous=mqtt.allow_anonymous,
         shared_subscription_strategy=mqtt.shared_subscription_strategy,
         assign_topic_aliases=mqtt.assign_topic_aliases,
+        reason_strings=mqtt.reason_strings,
         sys_interval=float(mqtt.sys_interval),
         version=__version__,
     )

@@ -822,6 +822,15 @@ class MQTTConfig(_Section):
             "cost two bytes."
         ),
     )
+    reason_strings: bool = field(
+        default=False,
+        metadata=_doc(
+            "Send MQTT 5 Reason Strings (a short human-readable cause) on refused CONNECTs, "
+            "failing PUBACK/PUBREC and DISCONNECTs; acks carry one only when the client did "
+            "not turn Request Problem Information off.",
+            precedent="Mosquitto and EMQX send none by default.",
+        ),
+    )
     sys_interval: float = field(
         default=10.0,
         metadata=_doc(

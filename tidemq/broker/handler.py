@@ -107,6 +107,7 @@ class ClientHandler:
             max_packet_size=settings.max_packet_size,
             receive_maximum=settings.max_inflight,
             topic_alias_maximum=settings.topic_alias_maximum,
+            reason_strings=settings.reason_strings,
         )
         self.session: Session | None = None
         self.client_id = ""
@@ -203,7 +204,8 @@ class ClientHandler:
             return
         if self.v5 and self.conn.state in (ConnectionState.CONNECTED, ConnectionState.CONNECTING):
             try:
-                self._write(self.conn.send(Disconnect(reason_code=reason_code)))
+                props = self._reason(reason)
+                self._write(self.conn.send(Disconnect(reason_code=reason_code, properties=props)))
             except LocalProtocolError:
                 pass  # state changed under us; closing anyway
         self._close(reason, reason_code, publish_will=publish_will)
@@ -446,7 +448,8 @@ class ClientHandler:
             code = _RC.UNSPECIFIED_ERROR
         try:
             if self.v5 or code in (0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x8C):
-                self._write(self.conn.send(ConnAck(reason_code=code)))
+                props = self._reason(reason)
+                self._write(self.conn.send(ConnAck(reason_code=code, properties=props)))
         except LocalProtocolError:
             pass  # no MQTT 3 equivalent: close without CONNACK
         self.conn.state = ConnectionState.CLOSED
@@ -624,7 +627,7 @@ class ClientHandler:
         if topic.startswith("$SYS") or topic.count("/") >= settings.max_topic_levels:
             # Clients may not publish to $SYS (Mosquitto and EMQX drop these), and topics
             # deeper than the limit are refused.
-            self._ack_publish(packet, _RC.TOPIC_NAME_INVALID if self.v5 else 0)
+            self._ack_publish(packet, _RC.TOPIC_NAME_INVALID if self.v5 else 0, "topic not allowed")
             return
         props = packet.properties
         if (
@@ -633,7 +636,9 @@ class ClientHandler:
             and not _is_utf8(packet.payload)
         ):
             # [MQTT-3.3.2-4] allows the receiver to check; we answer 0x99.
-            self._ack_publish(packet, _RC.PAYLOAD_FORMAT_INVALID if self.v5 else 0)
+            self._ack_publish(
+                packet, _RC.PAYLOAD_FORMAT_INVALID if self.v5 else 0, "payload is not UTF-8"
+            )
             return
         hooks = core.hooks
         if (
@@ -641,13 +646,17 @@ class ClientHandler:
             and hooks.has(HookPoint.AUTHORIZE_PUBLISH)
             and not self.authorize_publish(topic, qos, packet.retain)
         ):
-            self._ack_publish(packet, _RC.NOT_AUTHORIZED if self.v5 else 0)
+            self._ack_publish(
+                packet, _RC.NOT_AUTHORIZED if self.v5 else 0, "publish not authorized"
+            )
             return
         session = self.session
         assert session is not None
         if qos == 2:
             if len(session.awaiting_rel) >= settings.max_awaiting_rel:
-                self._ack_publish(packet, _RC.QUOTA_EXCEEDED if self.v5 else 0)
+                self._ack_publish(
+                    packet, _RC.QUOTA_EXCEEDED if self.v5 else 0, "too many QoS 2 awaiting PUBREL"
+                )
                 return
             session.awaiting_rel[packet.packet_id] = core.loop.time()
         message = Message.from_publish_properties(
@@ -673,13 +682,27 @@ class ClientHandler:
                 code = _RC.NO_MATCHING_SUBSCRIBERS
             self._ack_publish(packet, code)
 
-    def _ack_publish(self, packet: Publish, code: int) -> None:
+    def _ack_publish(self, packet: Publish, code: int, reason: str = "") -> None:
         qos = packet.qos
         if not qos:
             return
         if qos == 2 and code >= 0x80 and self.session is not None:
             self.session.awaiting_rel.pop(packet.packet_id, None)
+        if code >= 0x80 and reason and self._problem_info:
+            props = self._reason(reason)
+            if props is not NO_PROPERTIES:
+                ack: Packet = (PubAck if qos == 1 else PubRec)(
+                    packet_id=packet.packet_id, reason_code=code, properties=props
+                )
+                self._write(self.conn.send(ack))
+                return
         self._write(self.conn.ack_publish(packet.packet_id, qos, code))
+
+    def _reason(self, text: str) -> Properties:
+        """A Reason String property when configured (``mqtt.reason_strings``) and MQTT 5."""
+        if self.v5 and self.core.settings.reason_strings and text:
+            return Properties(reason_string=text[:256])
+        return NO_PROPERTIES
 
     def authorize_publish(self, topic: str, qos: int, retain: bool) -> bool:
         if self.superuser or self.info is None:

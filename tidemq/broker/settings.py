@@ -66,6 +66,9 @@ class BrokerSettings:
     allow_anonymous: bool = True
     shared_subscription_strategy: str = "round_robin"
     assign_topic_aliases: bool = True
+    # MQTT 5 Reason Strings on refusals, failing acks and DISCONNECTs (off by default, as in
+    # Mosquitto and EMQX: they cost bytes and reveal why a request failed).
+    reason_strings: bool = False
     sys_interval: float = 10.0
     auth_timeout: float = 5.0
     version: str = ""

@@ -53,7 +53,7 @@ from .packets import (
     UnsubAck,
     Unsubscribe,
 )
-from .properties import NO_PROPERTIES
+from .properties import NO_PROPERTIES, Properties
 from .reason_codes import ReasonCode, reason_code_allowed, v3_connack_code
 
 __all__ = ["ConnectionState", "MQTTConnection", "OutgoingState"]
@@ -196,6 +196,7 @@ class MQTTConnection:
         "peer_max_packet_size",
         "peer_receive_maximum",
         "peer_topic_alias_maximum",
+        "reason_strings",
         "receive_maximum",
         "role",
         "state",
@@ -211,8 +212,12 @@ class MQTTConnection:
         receive_maximum: int = DEFAULT_RECEIVE_MAXIMUM,
         topic_alias_maximum: int = 0,
         version: int | None = None,
+        reason_strings: bool = False,
     ) -> None:
         self.role = role
+        # Put a Reason String (the error's message) on the v5 CONNACK/DISCONNECT sent for a
+        # protocol error; allowed whatever Request Problem Information says [MQTT-3.1.2-29].
+        self.reason_strings = reason_strings
         self.state = _S.AWAIT_CONNECT if role is Role.SERVER else _S.IDLE
         self.version: int | None = version
         self.max_packet_size = max_packet_size
@@ -281,7 +286,7 @@ class MQTTConnection:
             raise
 
     def _fail(self, exc: RemoteProtocolError) -> None:
-        exc.reply = self._error_reply(exc.reason_code)
+        exc.reply = self._error_reply(exc.reason_code, str(exc) if self.reason_strings else None)
         if exc.reply is not None:
             self._pending.append(encode(exc.reply, self._reply_version()))
         self.state = _S.CLOSED
@@ -289,9 +294,10 @@ class MQTTConnection:
     def _reply_version(self) -> int:
         return self.version or self._reader.version or 4
 
-    def _error_reply(self, code: int) -> Packet | None:
+    def _error_reply(self, code: int, reason: str | None = None) -> Packet | None:
         """What the specification says to send before closing for reason *code*."""
         version = self.version or self._reader.version
+        props = NO_PROPERTIES if reason is None else Properties(reason_string=reason[:256])
         if self.role is Role.SERVER and self.state in (_S.AWAIT_CONNECT, _S.CONNECTING):
             if code == ReasonCode.UNSUPPORTED_PROTOCOL_VERSION and version not in (3, 4, 5):
                 # Unknown level: answer in the 3.1.1 format, CONNACK 0x01 [MQTT-3.1.2-2].
@@ -300,14 +306,14 @@ class MQTTConnection:
             if version == 5:
                 if not reason_code_allowed(code, PacketType.CONNACK):
                     code = ReasonCode.PROTOCOL_ERROR
-                return ConnAck(reason_code=code)
+                return ConnAck(reason_code=code, properties=props)
             if v3_connack_code(code) is not None and code:
                 return ConnAck(reason_code=code)
             return None
         if version == 5 and self.state is not _S.IDLE:
             if not reason_code_allowed(code, PacketType.DISCONNECT):
                 code = ReasonCode.PROTOCOL_ERROR
-            return Disconnect(reason_code=code)
+            return Disconnect(reason_code=code, properties=props)
         return None  # MQTT 3: close without a word
 
     def _on_packet(self, packet: Packet) -> Packet | None:
