@@ -8,7 +8,7 @@ arrive, on the same path, so the subscriber's next message has to be the marker.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -16,26 +16,11 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from tests import mqttbytes as mb
-from tests.helpers.paho import V5, V311, WAIT, Paho, Received, connect, props
+from tests.helpers.paho import V5, V311, WAIT, Paho, Received, props
 from tests.helpers.raw import RawClient
 from tidemq.testing import RunningBroker
 
 Make = Callable[..., Awaitable[Paho]]
-
-
-@pytest.fixture
-async def clients(broker: RunningBroker) -> AsyncIterator[Make]:
-    made: list[Paho] = []
-
-    async def make(client_id: str = "", protocol: int = V311, **kwargs: Any) -> Paho:
-        c = await connect(broker.port, client_id, protocol=protocol, **kwargs)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.client.disconnect()
-        await asyncio.to_thread(c.client.loop_stop)
 
 
 async def until_marker(c: Paho, marker: str = "marker") -> list[Received]:

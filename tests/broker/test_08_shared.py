@@ -7,33 +7,18 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
 from tests import mqttbytes as mb
-from tests.helpers.paho import V5, V311, Paho, connect, props
+from tests.helpers.paho import V5, V311, Paho, props
 from tests.helpers.raw import RawClient
 from tidemq.testing import RunningBroker
 
 Make = Callable[..., Awaitable[Paho]]
-
-
-@pytest.fixture
-async def clients(broker: RunningBroker) -> AsyncIterator[Make]:
-    made: list[Paho] = []
-
-    async def make(client_id: str = "", protocol: int = V311, **kwargs: Any) -> Paho:
-        c = await connect(broker.port, client_id, protocol=protocol, **kwargs)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.client.disconnect()
-        await asyncio.to_thread(c.client.loop_stop)
 
 
 async def collect(members: list[Paho], n: int, timeout: float = 5.0) -> list[list[bytes]]:

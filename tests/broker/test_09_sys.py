@@ -6,33 +6,16 @@ deadline), never for a fixed time.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.helpers.paho import V5, V311, Paho, connect
+from tests.helpers.paho import V5, V311, Paho
 from tidemq.testing import RunningBroker
 
 Make = Callable[..., Awaitable[Paho]]
 pytestmark = pytest.mark.broker_settings(sys_interval=0.2, node_name="node1", version="9.9")
-
-
-@pytest.fixture
-async def clients(broker: RunningBroker) -> AsyncIterator[Make]:
-    made: list[Paho] = []
-
-    async def make(client_id: str = "", protocol: int = V311, **kwargs: Any) -> Paho:
-        c = await connect(broker.port, client_id, protocol=protocol, **kwargs)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.client.disconnect()
-        await asyncio.to_thread(c.client.loop_stop)
 
 
 class SysView:
