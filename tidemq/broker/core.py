@@ -19,12 +19,12 @@ import random
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from tidemq.protocol import NO_PROPERTIES, Properties
+from tidemq.protocol import NO_PROPERTIES, Properties, Will
 
-from .hooks import HookPoint, Hooks, MessageEvent
+from .hooks import ClientInfo, Decision, HookPoint, Hooks, MessageEvent, PublishAuthEvent
 from .message import Message
 from .retain import RetainedTree
 from .session import QueuedDelivery, Session, SubOptions
@@ -324,14 +324,46 @@ class BrokerCore:
             session.will_entry = None
         session.will = None
 
-    def publish_will(self, session: Session, will: object) -> None:
-        from tidemq.protocol import Will
-
-        assert isinstance(will, Will)
-        handler = session.handler
-        if handler is not None and not handler.authorize_publish(will.topic, will.qos, will.retain):
+    def publish_will(self, session: Session, will: Will) -> None:
+        answer = self._authorize_will(session, will)
+        if answer is not Decision.ALLOW:
+            if answer is not Decision.DENY:
+                self.loop.create_task(self._publish_will_when_decided(session, will, answer))  # type: ignore[arg-type]
+                return
             log.info("will of %s denied by ACL on %s", session.client_id, will.topic)
             return
+        self._publish_will(session, will)
+
+    def _authorize_will(self, session: Session, will: Will) -> object:
+        """The ACL's answer for a will, asked as its client (a denied will is not sent)."""
+        if session.superuser or not self.hooks.has(HookPoint.AUTHORIZE_PUBLISH):
+            return Decision.ALLOW
+        info = session.info or ClientInfo(
+            client_id=session.client_id,
+            username=session.username,
+            peer=None,
+            listener="",
+            protocol_version=session.protocol_version,
+        )
+        event = PublishAuthEvent(client=info, topic=will.topic, qos=will.qos, retain=will.retain)
+        answer = self.hooks.decide(HookPoint.AUTHORIZE_PUBLISH, event, Decision.ALLOW)
+        if answer.__class__ is Decision and answer is not Decision.ALLOW:
+            return Decision.DENY
+        return answer
+
+    async def _publish_will_when_decided(
+        self, session: Session, will: Will, answer: Awaitable[Decision]
+    ) -> None:
+        try:
+            decision = await asyncio.wait_for(answer, self.settings.auth_timeout)
+        except TimeoutError:
+            decision = Decision.DENY
+        if decision is Decision.ALLOW:
+            self._publish_will(session, will)
+        else:
+            log.info("will of %s denied by ACL on %s", session.client_id, will.topic)
+
+    def _publish_will(self, session: Session, will: Will) -> None:
         message = Message.from_publish_properties(
             will.topic, will.payload, will.qos, will.retain, will.properties, session.client_id
         )

@@ -12,11 +12,12 @@ No task, timer or log call per packet.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from tidemq.protocol import (
@@ -153,7 +154,10 @@ class ClientHandler:
         stats.messages_received += len(packets)
         for i, packet in enumerate(packets):
             if type(packet) is Publish:
-                self._on_publish(packet)
+                if self._on_publish(packet) is _HOLD:
+                    # An ACL source went async: keep the rest, in order, until it answers.
+                    self._held = list(packets[i + 1 :])
+                    return
             else:
                 handler = _DISPATCH[type(packet)]
                 if handler(self, packet) is _HOLD:
@@ -504,6 +508,8 @@ class ClientHandler:
         session.expiry_interval = expiry
         session.will = packet.will
         session.handler = self
+        session.info = self.info
+        session.superuser = self.superuser
         core.online += 1
         self.session = session
 
@@ -611,7 +617,7 @@ class ClientHandler:
 
     # --- PUBLISH in ------------------------------------------------------------------
 
-    def _on_publish(self, packet: Publish) -> None:
+    def _on_publish(self, packet: Publish, decided: Decision | None = None) -> object:
         core = self.core
         stats = core.stats
         stats.publish_received += 1
@@ -620,15 +626,15 @@ class ClientHandler:
         topic = packet.topic
         if qos > settings.max_qos:
             self.disconnect(_RC.QOS_NOT_SUPPORTED, "QoS above maximum")  # [MQTT-3.2.2-11]
-            return
+            return None
         if packet.retain and not settings.retain_available:
             self.disconnect(_RC.RETAIN_NOT_SUPPORTED, "retain not available")  # [MQTT-3.2.2-14]
-            return
+            return None
         if topic.startswith("$SYS") or topic.count("/") >= settings.max_topic_levels:
             # Clients may not publish to $SYS (Mosquitto and EMQX drop these), and topics
             # deeper than the limit are refused.
             self._ack_publish(packet, _RC.TOPIC_NAME_INVALID if self.v5 else 0, "topic not allowed")
-            return
+            return None
         props = packet.properties
         if (
             props is not NO_PROPERTIES
@@ -639,17 +645,20 @@ class ClientHandler:
             self._ack_publish(
                 packet, _RC.PAYLOAD_FORMAT_INVALID if self.v5 else 0, "payload is not UTF-8"
             )
-            return
+            return None
         hooks = core.hooks
-        if (
-            not self.superuser
-            and hooks.has(HookPoint.AUTHORIZE_PUBLISH)
-            and not self.authorize_publish(topic, qos, packet.retain)
-        ):
+        if decided is None and not self.superuser and hooks.has(HookPoint.AUTHORIZE_PUBLISH):
+            answer = self.authorize_publish(topic, qos, packet.retain)
+            if answer.__class__ is not Decision:
+                self._held = []
+                core.loop.create_task(self._publish_when_decided(packet, answer))  # type: ignore[arg-type]
+                return _HOLD
+            decided = answer
+        if decided is not None and decided is not Decision.ALLOW:
             self._ack_publish(
                 packet, _RC.NOT_AUTHORIZED if self.v5 else 0, "publish not authorized"
             )
-            return
+            return None
         session = self.session
         assert session is not None
         if qos == 2:
@@ -657,7 +666,7 @@ class ClientHandler:
                 self._ack_publish(
                     packet, _RC.QUOTA_EXCEEDED if self.v5 else 0, "too many QoS 2 awaiting PUBREL"
                 )
-                return
+                return None
             session.awaiting_rel[packet.packet_id] = core.loop.time()
         message = Message.from_publish_properties(
             topic, packet.payload, qos, packet.retain, props, self.client_id
@@ -671,7 +680,7 @@ class ClientHandler:
             event = hooks.transform(HookPoint.MESSAGE_PUBLISH, _to_event(message))
             if event is None:
                 self._ack_publish(packet, 0)
-                return
+                return None
             message = _from_event(event, message)
         if message.retain:
             core.retain(message)
@@ -681,6 +690,7 @@ class ClientHandler:
             if not matched and self.v5:
                 code = _RC.NO_MATCHING_SUBSCRIBERS
             self._ack_publish(packet, code)
+        return None
 
     def _ack_publish(self, packet: Publish, code: int, reason: str = "") -> None:
         qos = packet.qos
@@ -704,14 +714,33 @@ class ClientHandler:
             return Properties(reason_string=text[:256])
         return NO_PROPERTIES
 
-    def authorize_publish(self, topic: str, qos: int, retain: bool) -> bool:
+    def authorize_publish(
+        self, topic: str, qos: int, retain: bool
+    ) -> Decision | Awaitable[Decision]:
+        """The ACL's answer for a PUBLISH (or the will) of this client; an awaitable when
+        a source must do I/O to answer."""
         if self.superuser or self.info is None:
-            return True
+            return Decision.ALLOW
         hooks = self.core.hooks
         if not hooks.has(HookPoint.AUTHORIZE_PUBLISH):
-            return True
+            return Decision.ALLOW
         event = PublishAuthEvent(client=self.info, topic=topic, qos=qos, retain=retain)
-        return hooks.decide(HookPoint.AUTHORIZE_PUBLISH, event, Decision.ALLOW) is Decision.ALLOW
+        return hooks.decide(HookPoint.AUTHORIZE_PUBLISH, event, Decision.ALLOW)
+
+    async def _decided(self, answer: Awaitable[Decision]) -> Decision:
+        """An async ACL answer, bounded by ``auth_timeout`` (a timeout denies)."""
+        try:
+            return await asyncio.wait_for(answer, self.core.settings.auth_timeout)
+        except TimeoutError:
+            log.warning("authorization for %s timed out; denying", self.client_id)
+            return Decision.DENY
+
+    async def _publish_when_decided(self, packet: Publish, answer: Awaitable[Decision]) -> None:
+        decision = await self._decided(answer)
+        if self._closed():
+            return
+        self._on_publish(packet, decision)
+        self._release_held()
 
     # --- PUBLISH out -----------------------------------------------------------------
 
@@ -856,11 +885,33 @@ class ClientHandler:
 
     # --- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------
 
-    def _on_subscribe(self, packet: Subscribe) -> None:
+    def _on_subscribe(
+        self, packet: Subscribe, decisions: list[Decision | None] | None = None
+    ) -> object:
         core = self.core
         settings = core.settings
         session = self.session
         assert session is not None
+        hooks = core.hooks
+        if decisions is None and not self.superuser and hooks.has(HookPoint.AUTHORIZE_SUBSCRIBE):
+            # Ask the ACL first, for every valid filter; an async answer holds the packet.
+            assert self.info is not None
+            answers: list[Decision | Awaitable[Decision] | None] = []
+            for sub in packet.subscriptions:
+                if topic_filter_error(sub.topic_filter):
+                    answers.append(None)
+                    continue
+                event = SubscribeAuthEvent(
+                    client=self.info,
+                    topic_filter=sub.topic_filter,
+                    qos=min(sub.qos, settings.max_qos),
+                )
+                answers.append(hooks.decide(HookPoint.AUTHORIZE_SUBSCRIBE, event, Decision.ALLOW))
+            if any(a is not None and a.__class__ is not Decision for a in answers):
+                self._held = []
+                core.loop.create_task(self._subscribe_when_decided(packet, answers))
+                return _HOLD
+            decisions = answers  # type: ignore[assignment]
         sub_id = (
             packet.properties.subscription_identifiers[0]
             if packet.properties.subscription_identifiers
@@ -868,24 +919,26 @@ class ClientHandler:
         )
         if sub_id is not None and not settings.subscription_identifier_available:
             self.disconnect(_RC.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED, "no sub ids")
-            return
+            return None
         codes: list[int] = []
         retained: list[tuple[SubOptions, list[Message]]] = []
-        for sub in packet.subscriptions:
-            code = self._subscribe_one(session, sub, sub_id, retained)
+        for index, sub in enumerate(packet.subscriptions):
+            decision = decisions[index] if decisions is not None else None
+            code = self._subscribe_one(session, sub, sub_id, retained, decision)
             codes.append(code if self.v5 else v3_suback_code(code))
         if self.version == 3 and 0x80 in codes:
             # MQTT 3.1's SUBACK has no failure code (the encoder refuses 0x80): the only
             # honest answer to a refused subscription is to close the connection.
             log.info("closing %s: subscription refused, MQTT 3.1 cannot say so", self.client_id)
             self._close("subscription refused", _RC.UNSPECIFIED_ERROR, publish_will=True)
-            return
+            return None
         self._write(self.conn.send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes))))
         # Retained messages follow the SUBACK, with RETAIN set [MQTT-3.3.1-9].
         for opts, messages in retained:
             sub_ids = () if opts.subscription_id is None else (opts.subscription_id,)
             for message in messages:
                 core.deliver(session, message, min(opts.qos, message.qos), True, sub_ids)
+        return None
 
     def _subscribe_one(
         self,
@@ -893,6 +946,7 @@ class ClientHandler:
         sub: Any,
         sub_id: int | None,
         retained: list[tuple[SubOptions, list[Message]]],
+        decision: Decision | None = None,
     ) -> int:
         core = self.core
         settings = core.settings
@@ -914,13 +968,8 @@ class ClientHandler:
             return _RC.QUOTA_EXCEEDED
         granted = min(requested, settings.max_qos)
         hooks = core.hooks
-        if not self.superuser and hooks.has(HookPoint.AUTHORIZE_SUBSCRIBE):
-            assert self.info is not None
-            event = SubscribeAuthEvent(client=self.info, topic_filter=topic_filter, qos=granted)
-            if hooks.decide(HookPoint.AUTHORIZE_SUBSCRIBE, event, Decision.ALLOW) is not (
-                Decision.ALLOW
-            ):
-                return _RC.NOT_AUTHORIZED
+        if decision is not None and decision is not Decision.ALLOW:
+            return _RC.NOT_AUTHORIZED
         opts = SubOptions(
             topic_filter=topic_filter,
             qos=granted,
@@ -945,6 +994,20 @@ class ClientHandler:
                 SubscriptionEvent(client=self.info, topic_filter=topic_filter, qos=granted),
             )
         return granted
+
+    async def _subscribe_when_decided(
+        self, packet: Subscribe, answers: list[Decision | Awaitable[Decision] | None]
+    ) -> None:
+        decisions: list[Decision | None] = []
+        for answer in answers:
+            if answer is None or answer.__class__ is Decision:
+                decisions.append(answer)
+            else:
+                decisions.append(await self._decided(answer))  # type: ignore[arg-type]
+        if self._closed():
+            return
+        self._on_subscribe(packet, decisions)
+        self._release_held()
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         core = self.core

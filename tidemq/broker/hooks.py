@@ -185,11 +185,44 @@ class Hooks:
     def has(self, point: HookPoint) -> bool:
         return bool(self._callbacks[point])
 
-    def decide(self, point: HookPoint, event: object, default: Decision) -> Decision:
-        """Run a synchronous decision chain: first non-DEFER answer wins."""
-        for _, name, callback in self._callbacks[point]:
+    def decide(
+        self, point: HookPoint, event: object, default: Decision
+    ) -> Decision | Awaitable[Decision]:
+        """Run a decision chain: first non-DEFER answer wins.
+
+        Callbacks answer synchronously on the hot path. One that must do I/O (an HTTP
+        ACL callout on a cache miss) may return an awaitable; the rest of the chain then
+        runs after it, and the caller gets an awaitable ``Decision`` (the broker holds that
+        client's later packets until it resolves, keeping their order).
+        """
+        chain = self._callbacks[point]
+        for index, (_, name, callback) in enumerate(chain):
             try:
                 result = callback(event)
+            except Exception:
+                log.exception("hook %s (%s) failed; denying", name, point.value)
+                return Decision.DENY
+            if result.__class__ is not Decision and inspect.isawaitable(result):
+                return self._decide_async(point, chain[index:], result, event, default)
+            if isinstance(result, AuthResult):
+                result = result.decision
+            if result is not Decision.DEFER and result is not None:
+                return Decision(result)
+        return default
+
+    async def _decide_async(
+        self,
+        point: HookPoint,
+        chain: list[tuple[int, str, Callback]],
+        first: Awaitable[Any],
+        event: object,
+        default: Decision,
+    ) -> Decision:
+        for index, (_, name, callback) in enumerate(chain):
+            try:
+                result = first if index == 0 else callback(event)
+                if inspect.isawaitable(result):
+                    result = await result
             except Exception:
                 log.exception("hook %s (%s) failed; denying", name, point.value)
                 return Decision.DENY

@@ -16,6 +16,7 @@ from tidemq.protocol import RetainHandling, Will
 
 if TYPE_CHECKING:
     from .handler import ClientHandler
+    from .hooks import ClientInfo
     from .message import Message
     from .timers import TimerEntry
 
@@ -74,9 +75,11 @@ class Session:
         "expiry_interval",
         "handler",
         "inflight",
+        "info",
         "protocol_version",
         "queue",
         "subscriptions",
+        "superuser",
         "username",
         "will",
         "will_entry",
@@ -94,6 +97,9 @@ class Session:
         self.queue: deque[QueuedDelivery] | None = None
         self.awaiting_rel: dict[int, float] = {}
         self.handler: ClientHandler | None = None
+        # Who the client was at its last CONNECT: its will is authorized as that client.
+        self.info: ClientInfo | None = None
+        self.superuser = False
         self.will: Will | None = None
         self.will_entry: TimerEntry | None = None
         self.expiry_entry: TimerEntry | None = None
