@@ -35,6 +35,7 @@ from .topic_tree import TopicTree
 
 if TYPE_CHECKING:
     from .interfaces import Link
+    from .persist import Persistence
 
 from .handler import ClientHandler
 
@@ -70,6 +71,8 @@ class BrokerCore:
         self._sticky: dict[tuple[str, str], Session] = {}
         self._sweep = self.scheduler.call_later(settings.sweep_interval, self._sweep_expired)
         self.sys_publisher: Callable[[], None] | None = None
+        # Set by the composition root when the broker persists (see persist.py).
+        self.persist: Persistence | None = None
 
     # --- connections -----------------------------------------------------------------
 
@@ -215,7 +218,12 @@ class BrokerCore:
                     _message_event(message, receiver=session.client_id, reason="queue_full"),
                 )
             return False
-        queue.append(QueuedDelivery(message, qos, retain, sub_ids))
+        item = QueuedDelivery(message, qos, retain, sub_ids)
+        queue.append(item)
+        if session.persistent:
+            persist = self.persist
+            assert persist is not None
+            persist.enqueue(session, item)
         return True
 
     # --- retained --------------------------------------------------------------------
@@ -223,10 +231,15 @@ class BrokerCore:
     def retain(self, message: Message) -> None:
         """Store, replace or (empty payload) clear the retained message of a topic
         [MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-7]."""
+        persist = self.persist
         if message.payload:
             self.retained.set(message.topic, message)
+            if persist is not None:
+                persist.set_retained(message)
         else:
             self.retained.delete(message.topic)
+            if persist is not None:
+                persist.delete_retained(message.topic)
 
     def retained_for(self, topic_filter: str) -> list[Message]:
         now = time.monotonic()
@@ -268,18 +281,26 @@ class BrokerCore:
         if session.expiry_entry is not None:
             session.expiry_entry.cancel()
             session.expiry_entry = None
+        if session.persistent:
+            session.persistent = False
+            persist = self.persist
+            assert persist is not None
+            persist.delete_session(session.client_id)
 
     def session_offline(self, session: Session) -> None:
         """The session's connection is gone: expire now, later, or never."""
         interval = session.expiry_interval
         if interval == 0:
             self.end_session(session)
-        elif interval != NEVER_EXPIRES:
-            session.expiry_entry = self.scheduler.call_later(
-                interval, self._expire_session, session
-            )
+            return
+        if interval != NEVER_EXPIRES:
+            session.expiry_entry = self.scheduler.call_later(interval, self.expire_session, session)
+        if session.persistent:
+            persist = self.persist
+            assert persist is not None
+            persist.put_session(session)  # offline since now, with its pending will
 
-    def _expire_session(self, session: Session) -> None:
+    def expire_session(self, session: Session) -> None:
         session.expiry_entry = None
         if session.handler is None and self.sessions.get(session.client_id) is session:
             log.debug("session %s expired", session.client_id)
@@ -309,14 +330,18 @@ class BrokerCore:
             session.will = None
             self.publish_will(session, will)
             return
-        session.will_entry = self.scheduler.call_later(delay, self._will_due, session)
+        session.will_entry = self.scheduler.call_later(delay, self.will_due, session)
 
-    def _will_due(self, session: Session) -> None:
+    def will_due(self, session: Session) -> None:
         session.will_entry = None
         will = session.will
         if will is not None and session.handler is None:
             session.will = None
             self.publish_will(session, will)
+            if session.persistent:
+                persist = self.persist
+                assert persist is not None
+                persist.put_session(session)  # the will is gone from storage too
 
     def cancel_will(self, session: Session) -> None:
         if session.will_entry is not None:
@@ -398,6 +423,10 @@ class BrokerCore:
                     del session.awaiting_rel[pid]
                     if session.handler is not None:
                         session.handler.conn.forget_incoming_qos2(pid)
+                    if session.persistent:
+                        persist = self.persist
+                        assert persist is not None
+                        persist.delete_incoming_qos2(session, pid)
         if not self.closing:
             self._sweep = self.scheduler.call_later(
                 self.settings.sweep_interval, self._sweep_expired
@@ -406,6 +435,8 @@ class BrokerCore:
     def close(self) -> None:
         self.closing = True
         self.scheduler.close()
+        if self.persist is not None:
+            self.persist.close()
 
 
 def _message_event(

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,7 @@ _RC = ReasonCode
 
 class ClientHandler:
     __slots__ = (
+        "_acks",
         "_aliases_sent",
         "_auth",
         "_connect_entry",
@@ -121,6 +123,8 @@ class ClientHandler:
         self._aliases_sent: set[int] | None = None  # topic aliases the client has seen
         self._held: list[Packet] | None = None  # packets that arrive during async auth
         self._auth: _EnhancedAuth | None = None
+        # Acks waiting for a storage commit, in arrival order: (commit or None, ...).
+        self._acks: deque[tuple[asyncio.Future[None] | None, Publish, int, str]] | None = None
         self._keepalive_entry: Any = None
         self._connect_entry: Any = core.scheduler.call_later(
             settings.connect_timeout, self._connect_timeout
@@ -512,6 +516,22 @@ class ClientHandler:
         session.superuser = self.superuser
         core.online += 1
         self.session = session
+        persist = core.persist
+        if persist is not None and expiry:
+            if not session.persistent:
+                # Newly persistent: what it already holds goes to storage with it.
+                session.persistent = True
+                persist.put_session(session)
+                for opts in session.subscriptions.values():
+                    persist.put_subscription(session, opts)
+            else:
+                persist.put_session(session)  # connected, with this connection's will
+        elif session.persistent:
+            # Reconnected with expiry 0: it now ends with this connection, so storage
+            # forgets it (MQTT 5: the expiry comes from each CONNECT).
+            session.persistent = False
+            assert persist is not None
+            persist.delete_session(client_id)
 
         ack_props: dict[str, Any] = {}
         if self.v5:
@@ -593,6 +613,10 @@ class ClientHandler:
         for pid in stale:
             del session.inflight[pid]
             self.core.stats.messages_expired += 1
+            if session.persistent:
+                persist = self.core.persist
+                assert persist is not None
+                persist.delete_inflight(session, pid)
         self._drain_queue()
 
     def retry_inflight(self, now: float) -> None:
@@ -668,6 +692,11 @@ class ClientHandler:
                 )
                 return None
             session.awaiting_rel[packet.packet_id] = core.loop.time()
+        persist = core.persist
+        if persist is not None:
+            mark = persist.pending()
+            if qos == 2 and session.persistent:
+                persist.put_incoming_qos2(session, packet.packet_id)
         message = Message.from_publish_properties(
             topic, packet.payload, qos, packet.retain, props, self.client_id
         )
@@ -689,13 +718,55 @@ class ClientHandler:
             code = 0
             if not matched and self.v5:
                 code = _RC.NO_MATCHING_SUBSCRIBERS
-            self._ack_publish(packet, code)
+            if persist is not None and persist.wait and persist.pending() != mark:
+                # Durable before acknowledged: the PUBACK/PUBREC waits for the commit of
+                # the writes this PUBLISH caused (docs/storage.md, durability).
+                self._ack_after(persist.commit(), packet, code)
+            else:
+                self._ack_publish(packet, code)
         return None
 
-    def _ack_publish(self, packet: Publish, code: int, reason: str = "") -> None:
-        qos = packet.qos
-        if not qos:
+    def _ack_after(self, commit: asyncio.Future[None], packet: Publish, code: int) -> None:
+        """Acknowledge *packet* once *commit* is done, after every ack queued before it."""
+        acks = self._acks
+        if acks is None:
+            acks = self._acks = deque()
+        if not acks or acks[-1][0] is not commit:
+            commit.add_done_callback(self._flush_acks)
+        acks.append((commit, packet, code, ""))
+
+    def _flush_acks(self, _: object = None) -> None:
+        acks = self._acks
+        if acks is None:
             return
+        while acks:
+            commit, packet, code, reason = acks[0]
+            if commit is not None and not commit.done():
+                return
+            acks.popleft()
+            if self.conn.state is not ConnectionState.CONNECTED:
+                continue
+            if commit is not None and (commit.cancelled() or commit.exception() is not None):
+                if not self.v5:
+                    # MQTT 3 cannot refuse a PUBLISH: no ack, and the client resends it
+                    # on its next connection.
+                    self.disconnect(_RC.UNSPECIFIED_ERROR, "storage failed")
+                    return
+                code, reason = _RC.UNSPECIFIED_ERROR, "storage failed"
+            self._send_ack(packet, code, reason)
+        self._acks = None
+
+    def _ack_publish(self, packet: Publish, code: int, reason: str = "") -> None:
+        if not packet.qos:
+            return
+        acks = self._acks
+        if acks is not None:
+            acks.append((None, packet, code, reason))  # behind the acks waiting [MQTT-4.6.0-2]
+            return
+        self._send_ack(packet, code, reason)
+
+    def _send_ack(self, packet: Publish, code: int, reason: str = "") -> None:
+        qos = packet.qos
         if qos == 2 and code >= 0x80 and self.session is not None:
             self.session.awaiting_rel.pop(packet.packet_id, None)
         if code >= 0x80 and reason and self._problem_info:
@@ -795,7 +866,13 @@ class ClientHandler:
             assert session is not None
             pid = conn.next_packet_id()
             conn.track_outgoing(pid, qos)
-            session.inflight[pid] = Inflight(message, qos, retain, sub_ids, core.loop.time())
+            entry = session.inflight[pid] = Inflight(
+                message, qos, retain, sub_ids, core.loop.time()
+            )
+            if session.persistent:
+                persist = core.persist
+                assert persist is not None
+                persist.put_inflight(session, pid, entry)
             self._write(head + pid.to_bytes(2, "big") + tail)
             core.stats.publish_sent += 1
         if core.hooks.has(HookPoint.MESSAGE_DELIVERED):
@@ -842,6 +919,11 @@ class ClientHandler:
             if item.qos and len(session.inflight) >= window:
                 queue.appendleft(item)
                 return
+            if item.seq:
+                # Off the stored queue in the same batch as its in-flight entry.
+                persist = self.core.persist
+                assert persist is not None
+                persist.dequeue(session, item)
             self.send_message(item.message, item.qos, item.retain, item.sub_ids, from_queue=True)
 
     # --- acknowledgements ------------------------------------------------------------
@@ -854,6 +936,10 @@ class ClientHandler:
         entry = session.inflight.pop(packet_id, None)
         if entry is None:
             return
+        if session.persistent:
+            persist = self.core.persist
+            assert persist is not None
+            persist.delete_inflight(session, packet_id)
         hooks = self.core.hooks
         if hooks.has(HookPoint.MESSAGE_ACKED):
             hooks.notify(HookPoint.MESSAGE_ACKED, _to_event(entry.message, self.client_id))
@@ -874,14 +960,24 @@ class ClientHandler:
             self._completed(packet.packet_id)
         else:
             entry.released = True  # PUBREL was queued by the protocol object
+            if session.persistent:
+                persist = self.core.persist
+                assert persist is not None
+                persist.put_inflight(session, packet.packet_id, entry)
 
     def _on_pubcomp(self, packet: PubComp) -> None:
         self._completed(packet.packet_id)
 
     def _on_pubrel(self, packet: PubRel) -> None:
         session = self.session
-        if session is not None:
-            session.awaiting_rel.pop(packet.packet_id, None)
+        if (
+            session is not None
+            and session.awaiting_rel.pop(packet.packet_id, None) is not None
+            and session.persistent
+        ):
+            persist = self.core.persist
+            assert persist is not None
+            persist.delete_incoming_qos2(session, packet.packet_id)
 
     # --- SUBSCRIBE / UNSUBSCRIBE -----------------------------------------------------
 
@@ -981,6 +1077,10 @@ class ClientHandler:
         )
         session.subscriptions[topic_filter] = opts
         core.tree.subscribe(topic_filter, session, opts)
+        if session.persistent:
+            persist = core.persist
+            assert persist is not None
+            persist.put_subscription(session, opts)
         # Retained messages are not sent to shared subscriptions (MQTT 5.0 §4.8.2);
         # Retain Handling 1 sends them only for a new subscription, 2 never.
         handling = int(sub.retain_handling)
@@ -1018,6 +1118,10 @@ class ClientHandler:
             if session.subscriptions.pop(topic_filter, None) is not None:
                 core.tree.unsubscribe(topic_filter, session)
                 codes.append(0)
+                if session.persistent:
+                    persist = core.persist
+                    assert persist is not None
+                    persist.delete_subscription(session, topic_filter)
                 if core.hooks.has(HookPoint.SESSION_UNSUBSCRIBED) and self.info is not None:
                     core.hooks.notify(
                         HookPoint.SESSION_UNSUBSCRIBED,

@@ -33,6 +33,7 @@ class Message:
         "qos",
         "retain",
         "sender",
+        "store_id",
         "topic",
     )
 
@@ -55,6 +56,7 @@ class Message:
         self.sender = sender
         self.expires_at = expires_at  # time.monotonic() deadline, None = never
         self._topic_b: bytes | None = None
+        self.store_id = 0  # its id in the message store once persisted (0: not stored)
         self._variants: dict[tuple[bool, int, bool, tuple[int, ...]], tuple[bytes, bytes]] = {}
 
     @classmethod

@@ -37,7 +37,7 @@ class SubOptions:
 class Inflight:
     """A QoS 1/2 delivery sent to the client and not yet completed."""
 
-    __slots__ = ("message", "qos", "released", "retain", "sent_at", "sub_ids")
+    __slots__ = ("message", "qos", "released", "retain", "sent_at", "seq", "sub_ids")
 
     def __init__(
         self,
@@ -53,16 +53,18 @@ class Inflight:
         self.sub_ids = sub_ids
         self.released = False  # QoS 2: PUBREC received, PUBREL sent, awaiting PUBCOMP
         self.sent_at = sent_at  # loop time of the last send, for MQTT 3.x retries
+        self.seq = 0  # send order in storage (persistent sessions)
 
 
 class QueuedDelivery:
-    __slots__ = ("message", "qos", "retain", "sub_ids")
+    __slots__ = ("message", "qos", "retain", "seq", "sub_ids")
 
     def __init__(self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.sub_ids = sub_ids
+        self.seq = 0  # its key in the stored queue (persistent sessions; 0: not stored)
 
 
 class Session:
@@ -76,8 +78,10 @@ class Session:
         "handler",
         "inflight",
         "info",
+        "persistent",
         "protocol_version",
         "queue",
+        "seq",
         "subscriptions",
         "superuser",
         "username",
@@ -104,6 +108,9 @@ class Session:
         self.will_entry: TimerEntry | None = None
         self.expiry_entry: TimerEntry | None = None
         self.dropped = 0
+        # Mirrored into storage (a broker with storage, and an expiry interval > 0).
+        self.persistent = False
+        self.seq = 0  # the last queue/in-flight order number given in storage
 
     @property
     def connected(self) -> bool:
