@@ -35,25 +35,33 @@ def free_port() -> int:
 
 
 class TideMQServer:
-    """An in-process TideMQ broker that can be stopped and restarted on the same port."""
+    """An in-process TideMQ broker that can be stopped and restarted on the same ports:
+    MQTT on ``port``, MQTT over WebSocket on ``ws_port`` (path ``/mqtt``)."""
 
     def __init__(self, **settings: object) -> None:
         self.settings = settings
         self.broker: Broker | None = None
         self.port = 0
+        self.ws_port = 0
         self.name = "tidemq"
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/mqtt"
+
     async def start(self) -> None:
         broker = Broker(
-            listen=[f"tcp://127.0.0.1:{self.port}"], settings=broker_settings(**self.settings)
+            listen=[f"tcp://127.0.0.1:{self.port}", f"ws://127.0.0.1:{self.ws_port}/mqtt"],
+            settings=broker_settings(**self.settings),
         )
         await broker.start()
         self.broker = broker
         self.port = broker.port
+        self.ws_port = next(port for scheme, _, port in broker.addresses if scheme == "ws")
 
     async def stop(self) -> None:
         if self.broker is not None:
@@ -65,16 +73,22 @@ class TideMQServer:
 
 
 class MosquittoServer:
-    """A Mosquitto process on 127.0.0.1 and a port picked once, kept across restarts."""
+    """A Mosquitto process on 127.0.0.1 and ports picked once, kept across restarts: MQTT
+    on ``port`` and, with *websockets*, MQTT over WebSocket on ``ws_port``."""
 
-    def __init__(self, workdir: Path, extra: str = "") -> None:
+    def __init__(self, workdir: Path, extra: str = "", *, websockets: bool = False) -> None:
         assert MOSQUITTO is not None
         self.port = free_port()
+        self.ws_port = free_port() if websockets else 0
         self.config = workdir / "mosquitto.conf"
+        # Debian's mosquitto is built with WebSocket support (libwebsockets); the
+        # listener serves any path with the "mqtt" subprotocol.
+        ws = f"listener {self.ws_port} 127.0.0.1\nprotocol websockets\n" if websockets else ""
         # "user root": run as whoever started it, so it can read files under tmp_path.
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             f"{extra}"
+            f"{ws}"
             "allow_anonymous true\n"
             "user root\n"
             "log_dest stderr\n"
@@ -86,6 +100,11 @@ class MosquittoServer:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        assert self.ws_port, "started without websockets=True"
+        return f"ws://127.0.0.1:{self.ws_port}/mqtt"
 
     async def start(self) -> None:
         assert MOSQUITTO is not None
@@ -173,13 +192,14 @@ async def mosquitto(tmp_path: Path) -> AsyncIterator[MosquittoServer]:
 async def server(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[TideMQServer | MosquittoServer]:
-    """Each test using it runs against TideMQ and against Mosquitto."""
+    """Each test using it runs against TideMQ and against Mosquitto (both also listening
+    for MQTT over WebSocket: ``ws_url``)."""
     srv: TideMQServer | MosquittoServer
     if request.param == "tidemq":
         srv = TideMQServer()
     else:
         _need_mosquitto()
-        srv = MosquittoServer(tmp_path)
+        srv = MosquittoServer(tmp_path, websockets=True)
     await srv.start()
     try:
         yield srv

@@ -24,7 +24,11 @@ def test_the_guide_has_examples() -> None:
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 async def test_example_runs(server: TideMQServer | MosquittoServer, index: int) -> None:
-    code = BLOCKS[index].replace("mqtt://localhost:1883", server.url)
+    code = (
+        BLOCKS[index]
+        .replace("mqtt://localhost:1883", server.url)
+        .replace("ws://localhost:8083/mqtt", server.ws_url)
+    )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

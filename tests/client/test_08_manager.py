@@ -68,8 +68,15 @@ def test_builder_reports_every_problem_at_once(tmp_path: Path) -> None:
         assert words in str(info.value)
     with pytest.raises(ConfigurationError, match="fixed client_id"):
         SessionBuilder("p").broker("mqtt://h").persistent().build()
-    with pytest.raises(ConfigurationError, match="ws://"):
-        SessionBuilder("w").broker("ws://h/mqtt").build()
+    with pytest.raises(ConfigurationError, match="unsupported scheme"):
+        SessionBuilder("w").broker("http://h/mqtt").build()
+    ws = SessionBuilder("w").broker("wss://h:8084/mqtt").build().client
+    assert (ws.websocket, ws.websocket_path, ws.port, ws.ssl is not None) == (
+        True,
+        "/mqtt",
+        8084,
+        True,
+    )
     assert builder.reset().broker("mqtt://h").validate() == []
 
 

@@ -56,6 +56,7 @@ from tidemq.protocol import (
 
 from .hooks import (
     AuthenticateEvent,
+    AuthResult,
     AuthStep,
     ClientInfo,
     ConnectedEvent,
@@ -355,8 +356,23 @@ class ClientHandler:
             core.loop.create_task(self._enhanced_step(props.authentication_data))
             return _HOLD
         if core.hooks.has(HookPoint.AUTHENTICATE):
+            event = AuthenticateEvent(
+                client=self.info,
+                password=packet.password,
+                auth_method=props.authentication_method,
+                auth_data=props.authentication_data,
+            )
+            anonymous = settings.allow_anonymous or packet.username is not None
+            answer = core.hooks.authenticate_now(
+                event, Decision.ALLOW if anonymous else Decision.DENY, settings.auth_timeout
+            )
+            if isinstance(answer, AuthResult):
+                self._authenticated(answer, packet, client_id, assigned, server_keepalive)
+                return None
             self._held = []
-            core.loop.create_task(self._authenticate(packet, client_id, assigned, server_keepalive))
+            core.loop.create_task(
+                self._authenticate(answer, packet, client_id, assigned, server_keepalive)
+            )
             return _HOLD
         if not settings.allow_anonymous and packet.username is None:
             self._refuse(_RC.NOT_AUTHORIZED, "anonymous clients are not allowed")
@@ -365,21 +381,27 @@ class ClientHandler:
         return None
 
     async def _authenticate(
-        self, packet: Connect, client_id: str, assigned: str | None, server_keepalive: int | None
+        self,
+        answer: Awaitable[AuthResult],
+        packet: Connect,
+        client_id: str,
+        assigned: str | None,
+        server_keepalive: int | None,
     ) -> None:
-        core = self.core
-        assert self.info is not None
-        event = AuthenticateEvent(
-            client=self.info,
-            password=packet.password,
-            auth_method=packet.properties.authentication_method,
-            auth_data=packet.properties.authentication_data,
-        )
-        anonymous = core.settings.allow_anonymous or packet.username is not None
-        default = Decision.ALLOW if anonymous else Decision.DENY
-        result = await core.hooks.authenticate(event, default, core.settings.auth_timeout)
+        result = await answer
         if self._closed():
             return
+        self._authenticated(result, packet, client_id, assigned, server_keepalive)
+        self._release_held()
+
+    def _authenticated(
+        self,
+        result: AuthResult,
+        packet: Connect,
+        client_id: str,
+        assigned: str | None,
+        server_keepalive: int | None,
+    ) -> None:
         if result.decision is Decision.DENY:
             code = result.reason_code or (
                 _RC.BAD_USER_NAME_OR_PASSWORD if packet.password is not None else _RC.NOT_AUTHORIZED
@@ -388,7 +410,6 @@ class ClientHandler:
             return
         self.superuser = result.superuser
         self._accept(packet, client_id, assigned, server_keepalive)
-        self._release_held()
 
     def _release_held(self) -> None:
         """Handle the packets that arrived while authentication was pending."""
@@ -693,7 +714,8 @@ class ClientHandler:
                 return None
             session.awaiting_rel[packet.packet_id] = core.loop.time()
         persist = core.persist
-        if persist is not None:
+        mark = 0
+        if persist is not None and qos:
             mark = persist.pending()
             if qos == 2 and session.persistent:
                 persist.put_incoming_qos2(session, packet.packet_id)

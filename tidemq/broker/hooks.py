@@ -232,15 +232,45 @@ class Hooks:
                 return Decision(result)
         return default
 
-    async def authenticate(
+    def authenticate_now(
         self, event: AuthenticateEvent, default: Decision, timeout: float
-    ) -> AuthResult:
-        """Run the (possibly async) authentication chain with a timeout per callback."""
-        import asyncio
-
-        for _, name, callback in self._callbacks[HookPoint.AUTHENTICATE]:
+    ) -> AuthResult | Awaitable[AuthResult]:
+        """Run the authentication chain synchronously while its callbacks answer at once
+        (a ban list, a rate limit, a cached answer): no task per CONNECT. From the first
+        callback that returns an awaitable on, the rest runs in ``authenticate``."""
+        chain = self._callbacks[HookPoint.AUTHENTICATE]
+        for index, (_, name, callback) in enumerate(chain):
             try:
                 result = callback(event)
+            except Exception:
+                log.exception("authenticator %s failed; denying", name)
+                return AuthResult(decision=Decision.DENY)
+            if inspect.isawaitable(result):
+                return self.authenticate(event, default, timeout, start=index, first=result)
+            if isinstance(result, Decision):
+                result = AuthResult(decision=result)
+            if isinstance(result, AuthResult) and result.decision is not Decision.DEFER:
+                return result
+        return AuthResult(decision=default)
+
+    async def authenticate(
+        self,
+        event: AuthenticateEvent,
+        default: Decision,
+        timeout: float,
+        *,
+        start: int = 0,
+        first: Awaitable[Any] | None = None,
+    ) -> AuthResult:
+        """Run the (possibly async) authentication chain with a timeout per callback
+        (from callback *start*, whose answer *first* is already under way)."""
+        import asyncio
+
+        for index, (_, name, callback) in enumerate(self._callbacks[HookPoint.AUTHENTICATE]):
+            if index < start:
+                continue
+            try:
+                result = first if index == start and first is not None else callback(event)
                 if inspect.isawaitable(result):
                     awaitable: Awaitable[Any] = result
                     result = await asyncio.wait_for(awaitable, timeout)

@@ -321,8 +321,22 @@ class _Messaging:
             stream.put(msg)
         topic = msg.topic
         ids = packet.properties.subscription_identifiers
+        delivered: list[object] | None = None
         for route in self._routes:
-            if (route.sub_id in ids) if ids and route.sub_id else route.matches(topic):
+            if ids and route.sub_id:
+                if route.sub_id not in ids:
+                    continue
+                # The filters of one SUBSCRIBE share its identifier: one delivery per
+                # subscription, not one per filter of it.
+                group = route.group
+                if delivered is None:
+                    delivered = [group]
+                elif group in delivered:
+                    continue
+                else:
+                    delivered.append(group)
+                route.deliver(msg)
+            elif route.matches(topic):
                 route.deliver(msg)
         qos = packet.qos
         if qos == 1:
@@ -416,7 +430,7 @@ class _Messaging:
             self._session.last_sub_id = sub_id = self._session.last_sub_id % MAX_SUBSCRIPTION_ID + 1
             props = replace(props, subscription_identifiers=(sub_id,))
         routes = [
-            Route(o.topic_filter, handler=sub.handler, stream=sub._stream, sub_id=sub_id)
+            Route(o.topic_filter, handler=sub.handler, stream=sub._stream, sub_id=sub_id, group=sub)
             for o in sub.options
         ]
         if sub.handler is not None or sub._stream is not None:

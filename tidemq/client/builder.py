@@ -86,7 +86,8 @@ class SessionBuilder:
     # --- connection ------------------------------------------------------------------
 
     def broker(self, url: str) -> SessionBuilder:
-        """``mqtt://host:port`` or ``mqtts://host:port``."""
+        """``mqtt://host:port``, ``mqtts://host:port``, ``ws://host:port/path`` or
+        ``wss://host:port/path`` (``.tls()`` applies to mqtts:// and wss://)."""
         self._c.url = url
         return self
 
@@ -206,7 +207,7 @@ class SessionBuilder:
                 endpoint = parse_url(c.url)
                 if endpoint.tls:
                     c.tls = True
-            except (ConfigurationError, NotImplementedError) as exc:
+            except ConfigurationError as exc:
                 problems.append(str(exc))
         if c.version not in (3, 31, 4, 311, 5):
             problems.append(f"unknown MQTT version {c.version!r} (use 5, 311 or 31)")

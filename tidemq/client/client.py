@@ -63,6 +63,7 @@ from tidemq.protocol import (
     UnsubAck,
     Will,
 )
+from tidemq.transport.ws_client import WebSocketHandshakeError, open_websocket
 
 from ._messaging import _mark_retrieved, _Messaging
 from ._protocol import ClientProtocol
@@ -103,7 +104,9 @@ class Client(_Messaging):
     """An asyncio MQTT client.
 
     Args:
-        url: ``mqtt://host:port`` or ``mqtts://host:port`` (credentials may be in the URL).
+        url: ``mqtt://host:port``, ``mqtts://host:port`` (TLS), ``ws://host:port/path`` or
+            ``wss://host:port/path`` (WebSocket, path ``/mqtt`` if none); credentials may
+            be in the URL.
         client_id: the client identifier (default: ``tidemq-<random>``; with MQTT 5, ``""``
             lets the broker assign one).
         version: 5 (MQTT 5.0), 4 or 311 (3.1.1), 3 or 31 (3.1).
@@ -113,7 +116,8 @@ class Client(_Messaging):
         session_expiry: MQTT 5 Session Expiry Interval in seconds (None: not sent = 0).
         will: the Will message (``tidemq.protocol.Will``).
         properties: further MQTT 5 CONNECT properties.
-        ssl: an ``ssl.SSLContext`` (or True for the default context); implied by mqtts://.
+        ssl: an ``ssl.SSLContext`` (or True for the default context); implied by mqtts://
+            and wss://.
         server_hostname: TLS server name, when it differs from the URL's host.
         connect_timeout: seconds for TCP + TLS + CONNACK.
         reconnect: True for the MQTTX defaults, a ``ReconnectPolicy``, or False.
@@ -127,10 +131,11 @@ class Client(_Messaging):
         store: a ``SessionStore`` to persist subscriptions and unacknowledged messages.
         session_name: the key in *store* (default: the client id).
         name: a name for logs and ``Message.session`` (``SessionManager`` sets it).
+        websocket_headers: extra HTTP headers of the WebSocket upgrade request (e.g. a
+            token for a proxy); ws:// and wss:// only.
 
     Raises:
         ConfigurationError: invalid options.
-        NotImplementedError: ``ws://`` / ``wss://`` URLs.
     """
 
     def __init__(
@@ -159,11 +164,17 @@ class Client(_Messaging):
         store: SessionStore | None = None,
         session_name: str | None = None,
         name: str | None = None,
+        websocket_headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         endpoint = parse_url(url)
         self.url = url
         self.host = endpoint.host
         self.port = endpoint.port
+        self.websocket = endpoint.websocket
+        self.websocket_path = endpoint.path
+        if websocket_headers and not endpoint.websocket:
+            raise ConfigurationError("websocket_headers need a ws:// or wss:// URL")
+        self.websocket_headers = tuple(websocket_headers)
         if version not in VERSIONS:
             raise ConfigurationError(f"unknown MQTT version {version!r} (use 5, 311 or 31)")
         self.version = ProtocolVersion(VERSIONS[version])
@@ -437,16 +448,19 @@ class Client(_Messaging):
         deadline = loop.time() + self.connect_timeout
         self._emit("connecting", host=self.host, port=self.port)
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: ClientProtocol(self, conn, loop),
-                    self.host,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=(self.server_hostname or self.host) if self.ssl else None,
-                ),
-                self.connect_timeout,
+            proto = await asyncio.wait_for(
+                self._connect_transport(loop, conn), self.connect_timeout
             )
+        except WebSocketHandshakeError as exc:
+            status = exc.status
+            raise self._count(
+                MQTTConnectionError(
+                    f"{self.host}:{self.port}: {exc}",
+                    # A missing endpoint or a refused origin stays so; an overloaded or
+                    # restarting server (5xx, 429) or a dropped upgrade may recover.
+                    temporary=status is None or status >= 500 or status in (408, 429),
+                )
+            ) from exc
         except TimeoutError as exc:
             raise self._count(
                 MQTTConnectionError(
@@ -483,6 +497,34 @@ class Client(_Messaging):
             raise self._count(connack_error(connack.reason_code, connack.properties.reason_string))
         self._on_connected(proto, connack)
         return connack
+
+    async def _connect_transport(
+        self, loop: asyncio.AbstractEventLoop, conn: MQTTConnection
+    ) -> ClientProtocol:
+        """TCP (+ TLS), or with ws:// and wss:// also the WebSocket upgrade."""
+        hostname = (self.server_hostname or self.host) if self.ssl else None
+        if not self.websocket:
+            _, proto = await loop.create_connection(
+                lambda: ClientProtocol(self, conn, loop),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=hostname,
+            )
+            return proto
+        _, inner = await open_websocket(
+            lambda: ClientProtocol(self, conn, loop),
+            self.host,
+            self.port,
+            path=self.websocket_path,
+            # mqttv3.1 is the subprotocol name of MQTT 3.1 [MQTT-6.0.0-3].
+            subprotocols=("mqttv3.1",) if self.version == 3 else ("mqtt",),
+            headers=self.websocket_headers,
+            ssl=self.ssl,
+            server_hostname=hostname,
+        )
+        assert isinstance(inner, ClientProtocol)
+        return inner
 
     def _on_connected(self, proto: ClientProtocol, connack: ConnAck) -> None:
         conn = proto.conn

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidemq.protocol import Properties
 
@@ -28,6 +28,9 @@ from .message import Message, PublishResult
 from .options import ClientMetrics, ClientState
 from .streams import Handler, MessageStream
 from .subscription import Subscription
+
+if TYPE_CHECKING:
+    from .forwarder import ForwarderRegistry
 
 __all__ = ["Listener", "ManagerRoute", "Session", "SessionManager"]
 
@@ -216,6 +219,21 @@ class SessionManager:
         self._routes: set[ManagerRoute] = set()
         self._global_routes: list[ManagerRoute] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._close_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._forwarders: ForwarderRegistry | None = None
+
+    @property
+    def forwarders(self) -> ForwarderRegistry:
+        """This manager's ``ForwarderRegistry`` (made on first use; closing the manager
+        stops its forwarders first)."""
+        if self._forwarders is None:
+            from .forwarder import ForwarderRegistry  # forwarder.py imports this module
+
+            self._forwarders = ForwarderRegistry(self)
+        return self._forwarders
+
+    def _add_close_hook(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._close_hooks.append(hook)
 
     async def __aenter__(self) -> SessionManager:
         return self
@@ -319,7 +337,13 @@ class SessionManager:
         await asyncio.gather(*(s.close() for s in self._sessions.values()))
 
     async def close(self) -> None:
-        """Close every session (they stay listed, as CLOSED) and wait for event tasks."""
+        """Stop the forwarders, close every session (they stay listed, as CLOSED) and wait
+        for event tasks."""
+        for hook in self._close_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("a close hook of the session manager failed")
         for route in list(self._routes):
             route.stop()
         await self.disconnect_all()

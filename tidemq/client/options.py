@@ -11,8 +11,21 @@ from .errors import ConfigurationError
 
 __all__ = ["ClientMetrics", "ClientState", "Endpoint", "parse_url", "payload_bytes", "rates"]
 
-DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883, "tls": 8883}
+DEFAULT_PORTS = {
+    "mqtt": 1883,
+    "tcp": 1883,
+    "mqtts": 8883,
+    "ssl": 8883,
+    "tls": 8883,
+    # WebSocket URLs are web URLs: without a port they mean the HTTP(S) ports.
+    "ws": 80,
+    "wss": 443,
+}
+TLS_SCHEMES = ("mqtts", "ssl", "tls", "wss")
 WEBSOCKET_SCHEMES = ("ws", "wss")
+# The WebSocket path when the URL has none: where EMQX, Mosquitto setups, MQTTX and
+# TideMQ's own listener serve MQTT.
+DEFAULT_WEBSOCKET_PATH = "/mqtt"
 # MQTTX defaults: keepalive 60 s, connect timeout 30 s.
 DEFAULT_KEEPALIVE = 60
 DEFAULT_CONNECT_TIMEOUT = 30.0
@@ -63,23 +76,21 @@ class Endpoint:
     tls: bool
     username: str | None = None
     password: str | None = None
+    websocket: bool = False
+    path: str = ""  # WebSocket only: the request target (path and query)
 
 
 def parse_url(url: str) -> Endpoint:
-    """Parse ``mqtt://[user:pass@]host[:port]`` (also ``tcp``, ``mqtts``, ``ssl``, ``tls``).
+    """Parse ``mqtt://[user:pass@]host[:port]`` (also ``tcp``, ``mqtts``, ``ssl``, ``tls``)
+    or ``ws://[user:pass@]host[:port][/path]`` (also ``wss``; path ``/mqtt`` if none).
 
     Raises:
-        NotImplementedError: ``ws://`` and ``wss://`` (WebSocket is not implemented yet).
-        ConfigurationError: anything else that is not a broker URL.
+        ConfigurationError: anything that is not a broker URL.
     """
     if "://" not in url:
         url = "mqtt://" + url
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme in WEBSOCKET_SCHEMES:
-        raise NotImplementedError(
-            f"{scheme}:// is not implemented yet by tidemq.client; use mqtt:// or mqtts://"
-        )
     if scheme not in DEFAULT_PORTS:
         raise ConfigurationError(f"unsupported scheme in broker URL {url!r}")
     try:
@@ -89,12 +100,20 @@ def parse_url(url: str) -> Endpoint:
     host = parts.hostname
     if not host:
         raise ConfigurationError(f"no host in broker URL {url!r}")
+    websocket = scheme in WEBSOCKET_SCHEMES
+    path = ""
+    if websocket:
+        path = parts.path or DEFAULT_WEBSOCKET_PATH
+        if parts.query:
+            path += "?" + parts.query
     return Endpoint(
         host=host,
         port=DEFAULT_PORTS[scheme] if port is None else port,
-        tls=scheme in ("mqtts", "ssl", "tls"),
+        tls=scheme in TLS_SCHEMES,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
+        websocket=websocket,
+        path=path,
     )
 
 

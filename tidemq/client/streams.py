@@ -125,7 +125,17 @@ class MessageStream:
 class Route:
     """A topic filter and where its messages go (a stream or a handler)."""
 
-    __slots__ = ("_stream", "_task", "filter", "handler", "match", "name", "stream", "sub_id")
+    __slots__ = (
+        "_stream",
+        "_task",
+        "filter",
+        "group",
+        "handler",
+        "match",
+        "name",
+        "stream",
+        "sub_id",
+    )
 
     def __init__(
         self,
@@ -134,8 +144,12 @@ class Route:
         handler: Handler | None = None,
         stream: MessageStream | None,
         sub_id: int | None = None,
+        group: object = None,
     ) -> None:
         self.filter = topic_filter
+        # The routes of one subscription (its filters) share a group: a message matched
+        # by its identifier is delivered once per group.
+        self.group = self if group is None else group
         # With MQTT 5 each subscription carries an identifier the broker echoes in every
         # message it matched, so a message goes exactly to the subscriptions that asked
         # for it (even when a broker sends one copy per overlapping subscription).
