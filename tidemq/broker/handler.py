@@ -86,10 +86,9 @@ class ClientHandler:
         "_acks",
         "_aliases_sent",
         "_auth",
-        "_connect_entry",
         "_held",
-        "_keepalive_entry",
         "_problem_info",
+        "_timer_at",
         "client_id",
         "conn",
         "core",
@@ -126,10 +125,10 @@ class ClientHandler:
         self._auth: _EnhancedAuth | None = None
         # Acks waiting for a storage commit, in arrival order: (commit or None, ...).
         self._acks: deque[tuple[asyncio.Future[None] | None, Publish, int, str]] | None = None
-        self._keepalive_entry: Any = None
-        self._connect_entry: Any = core.scheduler.call_later(
-            settings.connect_timeout, self._connect_timeout
-        )
+        # The handler is its own timer (see ``fire``): the connect timeout until CONNECT,
+        # then the keepalive deadline; 0.0 = none.
+        self._timer_at = deadline = core.loop.time() + settings.connect_timeout
+        core.scheduler.push(deadline, self)
 
     # --- transport callbacks ---------------------------------------------------------
 
@@ -228,12 +227,27 @@ class ClientHandler:
         self.link.close()
 
     def _cancel_timers(self) -> None:
-        if self._connect_entry is not None:
-            self._connect_entry.cancel()
-            self._connect_entry = None
-        if self._keepalive_entry is not None:
-            self._keepalive_entry.cancel()
-            self._keepalive_entry = None
+        self._timer_at = 0.0
+
+    @property
+    def cancelled(self) -> bool:
+        """For the scheduler: no deadline is pending."""
+        return self._timer_at == 0.0
+
+    def fire(self, when: float) -> None:
+        """The scheduler reached *when*: the connect timeout or a keepalive deadline, unless
+        this heap entry is stale (the deadline was cancelled or moved since)."""
+        if when != self._timer_at:
+            return
+        self._timer_at = 0.0
+        if self.session is None:
+            self._connect_timeout()
+        else:
+            self._keepalive_check()
+
+    def _arm(self, deadline: float) -> None:
+        self._timer_at = deadline
+        self.core.scheduler.push(deadline, self)
 
     def _session_closed(self, reason: str, reason_code: int, *, publish_will: bool) -> None:
         core = self.core
@@ -257,13 +271,11 @@ class ClientHandler:
         core.session_offline(session)
 
     def _connect_timeout(self) -> None:
-        self._connect_entry = None
         if self.session is None and not self.link.is_closing():
             log.info("closing %s: no CONNECT within the connect timeout", self.link.peer)
             self.link.abort()
 
     def _keepalive_check(self) -> None:
-        self._keepalive_entry = None
         deadline = self.conn.keepalive_deadline
         if deadline is None or self.conn.state is ConnectionState.CLOSED:
             return
@@ -273,7 +285,7 @@ class ClientHandler:
             self.disconnect(_RC.KEEP_ALIVE_TIMEOUT, "keepalive timeout")
         else:
             # Lazy deadline: activity moved it; re-arm once for the new time.
-            self._keepalive_entry = self.core.scheduler.call_at(deadline, self._keepalive_check)
+            self._arm(deadline)
 
     # --- CONNECT ---------------------------------------------------------------------
 
@@ -284,9 +296,7 @@ class ClientHandler:
         if identity is not None and identity != packet.username:
             # The listener's cert_as_username: the client certificate names the user.
             packet = dataclasses.replace(packet, username=identity)
-        if self._connect_entry is not None:
-            self._connect_entry.cancel()
-            self._connect_entry = None
+        self._timer_at = 0.0  # CONNECT came: no connect timeout any more
         self.version = version = int(packet.protocol_version)
         self.v5 = version == 5
         if not self.v5:
@@ -589,7 +599,7 @@ class ClientHandler:
         if self.conn.keepalive:
             deadline = self.conn.keepalive_deadline
             assert deadline is not None
-            self._keepalive_entry = core.scheduler.call_at(deadline, self._keepalive_check)
+            self._arm(deadline)
         live = core.connected_count
         if live > core.stats.clients_maximum:
             core.stats.clients_maximum = live
