@@ -27,6 +27,8 @@ ALLOWED: dict[str, set[str]] = {
     "rules": {"broker.hooks", "broker.interfaces", "protocol", "storage.api"},
     "cluster": {"broker.hooks", "broker.interfaces", "protocol", "storage.api"},
     "client": {"protocol", "transport"},
+    # tidemq bench: a user of the client library, never of the broker.
+    "benchtool": {"client", "protocol"},
     "bridges": {"client", "broker.hooks", "protocol"},
     "api": {"broker", "storage.api", "rules", "auth", "protocol"},
 }
@@ -138,6 +140,8 @@ def test_layering_rules_hold() -> None:
         ("broker", "tidemq.transport.tcp", False),
         ("broker", "tidemq.client", False),
         ("client", "tidemq.broker", False),
+        ("benchtool", "tidemq.client", True),
+        ("benchtool", "tidemq.broker", False),
         ("client", "tidemq.transport.tls", True),
         ("transport", "tidemq.broker.session", False),
         ("auth", "tidemq.broker.hooks", True),

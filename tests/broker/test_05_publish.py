@@ -16,6 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from tests import mqttbytes as mb
 from tests.helpers.paho import V5, V311, WAIT, Paho, Received, props
+from tests.helpers.paho import connect as paho_connect
 from tests.helpers.raw import RawClient
 from tidemq.testing import RunningBroker
 
@@ -299,3 +300,23 @@ async def test_topic_level_limit_paho(clients: Make, protocol: int) -> None:
     await pub.publish("a/b/c", b"ok", qos=1)
     msg = await sub.next_message()
     assert (msg.topic, msg.payload) == ("a/b/c", b"ok")
+
+
+async def test_publishes_then_disconnect_in_one_read_are_all_delivered(
+    broker: RunningBroker,
+) -> None:
+    """QoS 0 PUBLISHes and the DISCONNECT after them arrive in one TCP read (mosquitto_pub
+    --repeat does this): every message is routed, and the will is not published."""
+    sub = await paho_connect(broker.port, "burst-sub")
+    await sub.subscribe("burst/#", 0)
+    raw = await RawClient.connect(broker.port)
+    await raw.send(mb.gen_connect("burst-pub", will_topic="burst/will", will_payload=b"w"))
+    assert (await raw.read_packet())[0] == 0x20
+    burst = b"".join(mb.gen_publish("burst/t", payload=b"%d" % i) for i in range(50))
+    await raw.send(burst + mb.gen_disconnect())
+    await raw.expect_closed()
+    got = [(await sub.next_message()).payload for _ in range(50)]
+    assert got == [b"%d" % i for i in range(50)]
+    await sub.no_message(0.3)  # a normal DISCONNECT: no will
+    await sub.disconnect()
+    await raw.close()

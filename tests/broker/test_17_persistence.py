@@ -369,3 +369,42 @@ async def test_durability_none_acks_without_waiting(tmp_path: Path) -> None:
         storage.gate.set()
         await broker.stop()
         await storage.close()
+
+
+async def test_delivery_acknowledged_before_the_commit_is_never_written(
+    gated: tuple[Broker, GatedStorage],
+) -> None:
+    """Group commit cancels within a batch: a delivery sent and acknowledged while its
+    batch waits is written neither as in-flight entry nor as stored message."""
+    broker, storage = gated
+    sub, _ = await connect(broker.port, "c-sub", clean=False)
+    await sub.send(mb.gen_subscribe_one(1, "durable/#", 1))
+    await sub.expect(mb.gen_suback(1, [1]))
+    storage.gate.clear()
+    # A write whose commit now hangs at the gate: what follows collects in the next batch.
+    await sub.send(mb.gen_subscribe_one(2, "other/#", 1))
+    await sub.expect(mb.gen_suback(2, [1]))
+    pub, _ = await connect(broker.port, "c-pub")
+    await pub.send(mb.gen_publish("durable/a", qos=1, mid=1, payload=b"a"))
+    assert await sub.read_packet() == mb.gen_publish("durable/a", qos=1, mid=1, payload=b"a")
+    await sub.send(mb.gen_puback(1))
+    await sub.send(mb.gen_pingreq())
+    await sub.expect(mb.gen_pingresp())  # the PUBACK was handled
+    # A second one stays unacknowledged: it must be written, with its message.
+    await pub.send(mb.gen_publish("durable/b", qos=1, mid=2, payload=b"b"))
+    assert await sub.read_packet() == mb.gen_publish("durable/b", qos=1, mid=2, payload=b"b")
+    storage.gate.set()
+    await pub.expect(mb.gen_puback(1))
+    await pub.expect(mb.gen_puback(2))
+    assert broker.persistence is not None
+    await broker.persistence.drain()
+    inflight = await storage.load_inflight("c-sub")
+    assert [r.packet_id for r in inflight] == [2]
+    stored = await storage.get_messages([inflight[0].message_id])
+    assert [m.payload for m in stored.values()] == [b"b"]
+    # Ids only grow: the newest stored message is that one, so "a" was never stored
+    # after it, and (cancelled in the same batch) not before it either.
+    assert await storage.max_message_id() == inflight[0].message_id
+    assert len(storage.messages) == 1
+    await pub.close()
+    await sub.close()

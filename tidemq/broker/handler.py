@@ -168,7 +168,9 @@ class ClientHandler:
                     # Authentication went async: keep the rest until it completes.
                     self._held = list(packets[i + 1 :])
                     return
-            if self.conn.state is ConnectionState.CLOSED:
+            if self.link.is_closing():
+                # We closed it. (Not ``conn.state``: a DISCONNECT at the end of this read
+                # already moved the protocol to CLOSED, yet the packets before it count.)
                 return
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -425,7 +427,7 @@ class ClientHandler:
         """Handle the packets that arrived while authentication was pending."""
         held = self._held or []
         self._held = None
-        if held and self.conn.state is not ConnectionState.CLOSED:
+        if held and not self.link.is_closing():
             self._handle(held)
         out = self.conn.data_to_send()
         if out:

@@ -28,17 +28,31 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tidemq.protocol import NO_PROPERTIES, RetainHandling, Will
 from tidemq.storage.api import (
+    DeleteIncomingQos2,
+    DeleteInflight,
+    DeleteRetained,
+    DeleteSession,
+    DeleteSubscription,
+    Dequeue,
+    Enqueue,
     IncomingQos2Record,
     InflightRecord,
     MessageIds,
     MessageRecord,
+    Op,
+    PutIncomingQos2,
+    PutInflight,
+    PutMessage,
+    PutSession,
+    PutSubscription,
     QueuedRecord,
     RetainedRecord,
     SessionRecord,
+    SetRetained,
     Storage,
     StorageError,
     SubscriptionRecord,
@@ -82,17 +96,66 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+def _build(op: tuple[Any, ...]) -> Op:
+    """A deferred hot-path write as a storage op (at commit time, if still wanted)."""
+    kind = op[0]
+    if kind == "I":
+        _, cid, packet_id, store_id, entry = op
+        return PutInflight(
+            InflightRecord(
+                client_id=cid,
+                packet_id=packet_id,
+                message_id=store_id,
+                qos=entry.qos,
+                retain=entry.retain,
+                sub_ids=entry.sub_ids,
+                released=entry.released,
+                seq=entry.seq,
+            )
+        )
+    if kind == "Q":
+        _, cid, seq, store_id, qos, retain, sub_ids = op
+        return Enqueue(
+            QueuedRecord(
+                client_id=cid,
+                seq=seq,
+                message_id=store_id,
+                qos=qos,
+                retain=retain,
+                sub_ids=sub_ids,
+            )
+        )
+    _, message, store_id = op
+    props = message.properties
+    return PutMessage(
+        MessageRecord(
+            message_id=store_id,
+            topic=message.topic,
+            payload=message.payload,
+            qos=message.qos,
+            retain=message.retain,
+            created_at=time.time(),
+            properties=properties_to_bytes(props) if props is not NO_PROPERTIES else b"\x00",
+            sender=message.sender,
+            expires_at=_wall_deadline(message.expires_at),
+        )
+    )
+
+
 class Persistence:
     """Writes broker state to *storage* by group commit; restores it with ``restore``."""
 
     __slots__ = (
-        "_attempts",
+        "_added",
         "_done",
+        "_inflight_at",
+        "_message_at",
+        "_ops",
         "_purge_due",
         "_purge_entry",
+        "_queued_at",
         "_task",
         "available",
-        "batch",
         "batches_committed",
         "ids",
         "purge_interval",
@@ -107,22 +170,30 @@ class Persistence:
         self.wait = storage.durability != "none"
         self.purge_interval = purge_interval
         self.ids = MessageIds()
-        self.batch = WriteBatch()
         self.available = True  # False while the backend fails; $SYS and logs say so
         self.batches_committed = 0
         self.write_failures = 0
+        # The batch being collected: storage ops, deferred hot-path entries (tuples, built
+        # into records only if still wanted at commit time), or None for cancelled ones.
+        self._ops: list[Op | tuple[Any, ...] | None] = []
+        self._added = 0  # writes ever added (handlers compare it around a PUBLISH)
+        # Where this batch holds the entries that a later write of the same batch may
+        # cancel: a delivery acknowledged before its first write is committed is never
+        # written at all (nor its message, when nothing else of the batch needs it).
+        self._inflight_at: dict[tuple[str, int], list[int]] = {}  # [fresh, index...]
+        self._queued_at: dict[tuple[str, int], int] = {}
+        self._message_at: dict[int, list[Any]] = {}  # store id → [index, refs, message]
         self._done: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._purge_due = False
         self._purge_entry: asyncio.TimerHandle | None = None
-        self._attempts = 0
 
     # --- group commit ----------------------------------------------------------------
 
     def pending(self) -> int:
-        """How many writes the current batch holds (a handler compares it before and
-        after handling a PUBLISH to learn whether its ack must wait)."""
-        return len(self.batch.ops)
+        """A counter of writes added (a handler compares it before and after handling a
+        PUBLISH to learn whether its ack must wait for a commit)."""
+        return self._added
 
     def commit(self) -> asyncio.Future[None]:
         """The future of the commit of everything written so far. The commit starts at
@@ -135,16 +206,38 @@ class Persistence:
                 self._task = asyncio.get_running_loop().create_task(self._run())
         return done
 
-    def _touch(self) -> None:
+    def _add(self, op: Op | tuple[Any, ...]) -> int:
+        ops = self._ops
+        ops.append(op)
+        self._added += 1
         if self._done is None:
             self.commit()
+        return len(ops) - 1
+
+    def _take_batch(self) -> WriteBatch:
+        """The collected writes as a ``WriteBatch``; collection starts afresh."""
+        ops = self._ops
+        self._ops = []
+        self._inflight_at.clear()
+        self._queued_at.clear()
+        self._message_at.clear()
+        batch = WriteBatch()
+        out = batch.ops
+        for op in ops:
+            if op is None:
+                continue
+            if op.__class__ is tuple:
+                out.append(_build(op))
+            else:
+                out.append(op)  # type: ignore[arg-type]
+        return batch
 
     async def _run(self) -> None:
         try:
             while self._done is not None or self._purge_due:
                 done = self._done
-                batch = self.batch
-                self.batch, self._done = WriteBatch(), None
+                batch = self._take_batch()
+                self._done = None
                 error = await self._apply(batch)
                 if done is not None:
                     if error is None:
@@ -242,135 +335,147 @@ class Persistence:
             disconnected_at = time.time()
             if session.expiry_interval != NEVER_EXPIRES:
                 expires_at = disconnected_at + session.expiry_interval
-        self.batch.put_session(
-            SessionRecord(
-                client_id=session.client_id,
-                expiry_interval=session.expiry_interval,
-                protocol_version=session.protocol_version,
-                username=session.username,
-                disconnected_at=disconnected_at,
-                expires_at=expires_at,
-                will=will_record,
+        self._add(
+            PutSession(
+                SessionRecord(
+                    client_id=session.client_id,
+                    expiry_interval=session.expiry_interval,
+                    protocol_version=session.protocol_version,
+                    username=session.username,
+                    disconnected_at=disconnected_at,
+                    expires_at=expires_at,
+                    will=will_record,
+                )
             )
         )
-        self._touch()
 
     def delete_session(self, client_id: str) -> None:
-        self.batch.delete_session(client_id)
-        self._touch()
+        self._add(DeleteSession(client_id))
 
     def put_subscription(self, session: Session, opts: SubOptions) -> None:
-        self.batch.put_subscription(
-            SubscriptionRecord(
-                client_id=session.client_id,
-                topic_filter=opts.topic_filter,
-                qos=opts.qos,
-                no_local=opts.no_local,
-                retain_as_published=opts.retain_as_published,
-                retain_handling=int(opts.retain_handling),
-                subscription_id=opts.subscription_id,
-                share_group=opts.share_group,
+        self._add(
+            PutSubscription(
+                SubscriptionRecord(
+                    client_id=session.client_id,
+                    topic_filter=opts.topic_filter,
+                    qos=opts.qos,
+                    no_local=opts.no_local,
+                    retain_as_published=opts.retain_as_published,
+                    retain_handling=int(opts.retain_handling),
+                    subscription_id=opts.subscription_id,
+                    share_group=opts.share_group,
+                )
             )
         )
-        self._touch()
 
     def delete_subscription(self, session: Session, topic_filter: str) -> None:
-        self.batch.delete_subscription(session.client_id, topic_filter)
-        self._touch()
+        self._add(DeleteSubscription(session.client_id, topic_filter))
 
-    def _store(self, message: Message) -> int:
-        """The message's id in the message store, writing it on first use."""
+    def _ref(self, message: Message) -> int:
+        """The message's id in the message store, writing it with its first reference."""
         store_id = message.store_id
         if store_id:
+            found = self._message_at.get(store_id)
+            if found is not None:
+                found[1] += 1  # one more reference within this batch
             return store_id
         store_id = message.store_id = self.ids.next()
-        props = message.properties
-        self.batch.put_message(
-            MessageRecord(
-                message_id=store_id,
-                topic=message.topic,
-                payload=message.payload,
-                qos=message.qos,
-                retain=message.retain,
-                created_at=time.time(),
-                properties=properties_to_bytes(props) if props is not NO_PROPERTIES else b"\x00",
-                sender=message.sender,
-                expires_at=_wall_deadline(message.expires_at),
-            )
-        )
+        index = self._add(("M", message, store_id))
+        self._message_at[store_id] = [index, 1, message]
         return store_id
+
+    def _unref(self, store_id: int) -> None:
+        found = self._message_at.get(store_id)
+        if found is None:
+            return
+        found[1] -= 1
+        if found[1] == 0:
+            # Nothing of this batch refers to it, and nothing before did: never written.
+            self._ops[found[0]] = None
+            found[2].store_id = 0
+            del self._message_at[store_id]
 
     def enqueue(self, session: Session, item: QueuedDelivery) -> None:
         seq = session.seq = session.seq + 1
         item.seq = seq
-        self.batch.enqueue(
-            QueuedRecord(
-                client_id=session.client_id,
-                seq=seq,
-                message_id=self._store(item.message),
-                qos=item.qos,
-                retain=item.retain,
-                sub_ids=item.sub_ids,
-            )
-        )
-        self._touch()
+        cid = session.client_id
+        store_id = self._ref(item.message)
+        index = self._add(("Q", cid, seq, store_id, item.qos, item.retain, item.sub_ids))
+        self._queued_at[(cid, seq)] = index
 
     def dequeue(self, session: Session, item: QueuedDelivery) -> None:
-        if item.seq:
-            self.batch.dequeue(session.client_id, item.seq)
-            self._touch()
+        if not item.seq:
+            return
+        key = (session.client_id, item.seq)
+        index = self._queued_at.pop(key, None)
+        if index is not None:
+            op = self._ops[index]
+            self._ops[index] = None  # queued and taken in one batch: neither is written
+            assert isinstance(op, tuple)
+            self._unref(op[3])
+            return
+        self._add(Dequeue(session.client_id, item.seq))
 
     def put_inflight(self, session: Session, packet_id: int, entry: Inflight) -> None:
-        if not entry.seq:
+        fresh = not entry.seq
+        if fresh:
             entry.seq = session.seq = session.seq + 1
-        self.batch.put_inflight(
-            InflightRecord(
-                client_id=session.client_id,
-                packet_id=packet_id,
-                message_id=self._store(entry.message),
-                qos=entry.qos,
-                retain=entry.retain,
-                sub_ids=entry.sub_ids,
-                released=entry.released,
-                seq=entry.seq,
-            )
-        )
-        self._touch()
+        cid = session.client_id
+        store_id = self._ref(entry.message)
+        index = self._add(("I", cid, packet_id, store_id, entry))
+        key = (cid, packet_id)
+        at = self._inflight_at.get(key)
+        if at is None:
+            self._inflight_at[key] = [fresh, index]
+        else:
+            at.append(index)
 
     def delete_inflight(self, session: Session, packet_id: int) -> None:
-        self.batch.delete_inflight(session.client_id, packet_id)
-        self._touch()
+        cid = session.client_id
+        at = self._inflight_at.pop((cid, packet_id), None)
+        if at is not None:
+            ops = self._ops
+            for index in at[1:]:
+                op = ops[index]
+                ops[index] = None
+                assert isinstance(op, tuple)
+                self._unref(op[3])
+            if at[0]:
+                return  # sent and acknowledged within one batch: nothing to write
+        self._add(DeleteInflight(cid, packet_id))
 
     def put_incoming_qos2(self, session: Session, packet_id: int) -> None:
-        self.batch.put_incoming_qos2(
-            IncomingQos2Record(
-                client_id=session.client_id, packet_id=packet_id, received_at=time.time()
+        self._add(
+            PutIncomingQos2(
+                IncomingQos2Record(
+                    client_id=session.client_id, packet_id=packet_id, received_at=time.time()
+                )
             )
         )
-        self._touch()
 
     def delete_incoming_qos2(self, session: Session, packet_id: int) -> None:
-        self.batch.delete_incoming_qos2(session.client_id, packet_id)
-        self._touch()
+        self._add(DeleteIncomingQos2(session.client_id, packet_id))
 
     def set_retained(self, message: Message) -> None:
         props = message.properties
-        self.batch.set_retained(
-            RetainedRecord(
-                topic=message.topic,
-                payload=message.payload,
-                qos=message.qos,
-                created_at=time.time(),
-                properties=properties_to_bytes(props) if props is not NO_PROPERTIES else b"\x00",
-                sender=message.sender,
-                expires_at=_wall_deadline(message.expires_at),
+        self._add(
+            SetRetained(
+                RetainedRecord(
+                    topic=message.topic,
+                    payload=message.payload,
+                    qos=message.qos,
+                    created_at=time.time(),
+                    properties=properties_to_bytes(props)
+                    if props is not NO_PROPERTIES
+                    else b"\x00",
+                    sender=message.sender,
+                    expires_at=_wall_deadline(message.expires_at),
+                )
             )
         )
-        self._touch()
 
     def delete_retained(self, topic: str) -> None:
-        self.batch.delete_retained(topic)
-        self._touch()
+        self._add(DeleteRetained(topic))
 
     # --- restore ---------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import os
 import ssl as ssl_module
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -181,9 +181,9 @@ class _WebSocketClientProtocol(asyncio.Protocol):
     # --- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._raw = transport
-        transport.write(self._ws.send(self._request))
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self._raw = cast(asyncio.Transport, transport)
+        self._raw.write(self._ws.send(self._request))
 
     def data_received(self, data: bytes) -> None:
         ws = self._ws
