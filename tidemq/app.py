@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from tidemq import __version__
 from tidemq.broker import BrokerCore, BrokerSettings, Hooks
+from tidemq.broker.persist import Persistence
 from tidemq.broker.sys_topics import SysPublisher
 from tidemq.protocol import ReasonCode
 from tidemq.transport import (
@@ -31,7 +32,9 @@ from tidemq.transport import (
 )
 
 if TYPE_CHECKING:
+    from tidemq.auth.plugin import AuthPlugin
     from tidemq.config import Config, ListenerConfig
+    from tidemq.storage.api import Storage
 
 log = logging.getLogger("tidemq")
 
@@ -110,6 +113,24 @@ def listener_spec(listener: ListenerConfig) -> ListenerSpec:
     )
 
 
+async def open_storage_from_config(config: Config) -> Storage | None:
+    """Open the storage ``[storage]`` names (SQLite under ``node.data_dir`` by default);
+    None for the ``memory`` backend, which keeps nothing across a restart anyway.
+
+    Raises:
+        StorageError: a bad URL, a missing driver, a corrupt or foreign file, a server
+            that cannot be reached.
+    """
+    from tidemq.storage import open_storage
+
+    section = config.storage
+    if section.backend == "memory":
+        return None
+    return await open_storage(
+        section.backend, section.url, data_dir=config.node.data_dir, durability=section.durability
+    )
+
+
 class Broker:
     """A running TideMQ broker: core, listeners and plugins.
 
@@ -119,6 +140,10 @@ class Broker:
             come from ``config.listeners`` and their own query.
         settings: broker-core settings overriding those derived from *config*.
         hooks: a hook registry to share with plugins (a new one when omitted).
+        storage: where the broker persists sessions, queues, in-flight and retained
+            state (opened by the caller; ``open_storage_from_config`` opens the one
+            ``[storage]`` names). None keeps everything in memory. It is restored from at
+            ``start`` and drained (not closed) at ``stop``.
     """
 
     def __init__(
@@ -128,6 +153,7 @@ class Broker:
         listen: Sequence[str] | None = None,
         settings: BrokerSettings | None = None,
         hooks: Hooks | None = None,
+        storage: Storage | None = None,
     ) -> None:
         if config is None and (settings is None or listen is None):
             from tidemq.config import load_config
@@ -143,10 +169,18 @@ class Broker:
             listen = config.listeners.listen
         self.listen = list(listen)
         self.hooks = hooks or Hooks()
+        self.storage = storage
+        self.persistence: Persistence | None = None
         self.listeners: list[Listener] = []
         self._core: BrokerCore | None = None
         self._sys: SysPublisher | None = None
         self._started = False
+        self.auth: AuthPlugin | None = None  # tidemq.auth, from config.auth and config.acl
+        self._auth_unregister: Callable[[], None] | None = None
+
+    @property
+    def purge_interval(self) -> float:
+        return float(self.config.storage.purge_interval) if self.config is not None else 300.0
 
     @property
     def core(self) -> BrokerCore:
@@ -163,6 +197,22 @@ class Broker:
         listeners = (self.config or Config()).listeners
         specs = [listener_spec(item) for item in listeners.resolve(self.listen)]
         core = self._core = BrokerCore(self.settings, hooks=self.hooks, loop=loop)
+        if self.storage is not None:
+            # Restored before any listener accepts a client (docs/storage.md).
+            persistence = self.persistence = Persistence(
+                self.storage, purge_interval=self.purge_interval
+            )
+            core.persist = persistence
+            try:
+                await persistence.restore(core)
+            except BaseException:
+                core.close()
+                raise
+        try:
+            await self._start_auth()
+        except BaseException:
+            core.close()
+            raise
         batcher = WriteBatcher(loop)
         try:
             for spec in specs:
@@ -182,6 +232,7 @@ class Broker:
                 listener.close()
             self.listeners.clear()
             core.close()
+            await self._stop_auth()
             raise
         if self.settings.sys_interval > 0:
             self._sys = SysPublisher(core)
@@ -211,6 +262,38 @@ class Broker:
             self._sys.stop()
         core.close()
         self.listeners.clear()
+        await self._stop_auth()
+        if self.persistence is not None:
+            # Sessions just went offline: their state and will timers reach storage.
+            await self.persistence.drain()
+
+    # --- authentication and authorization (tidemq.auth) --------------------------------
+
+    async def _start_auth(self) -> None:
+        """Build the auth plugin from ``config.auth``/``config.acl``, open its sources (read
+        files, connect) and install it on the hooks, before any listener accepts."""
+        if self.config is None:
+            return
+        from tidemq.auth.plugin import AuthPlugin
+
+        plugin = AuthPlugin.from_config(self.config, self.storage)
+        if not plugin.enabled:
+            return
+        await plugin.open()
+        self.auth = plugin
+        self._auth_unregister = plugin.install(self.hooks)
+
+    async def _stop_auth(self) -> None:
+        if self._auth_unregister is not None:
+            self._auth_unregister()
+            self._auth_unregister = None
+        if self.auth is not None:
+            await self.auth.close()
+            self.auth = None
+
+    def reload_auth(self) -> bool:
+        """Re-read the password and ACL files (SIGHUP); returns whether all loaded."""
+        return self.auth.reload() if self.auth is not None else True
 
     async def __aenter__(self) -> Broker:
         await self.start()

@@ -1,4 +1,5 @@
-"""Command line: ``tidemq serve``, and ``tidemq pub`` / ``tidemq sub`` (mosquitto_pub/sub alike).
+"""Command line: ``tidemq serve``, ``tidemq pub`` / ``tidemq sub`` (mosquitto_pub/sub alike)
+and ``tidemq bench`` (emqtt-bench alike, in tidemq.benchtool).
 
 The only module allowed to print; it also owns logging output (the library never installs
 handlers).
@@ -35,6 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(serve)
     _add_client_commands(sub)
+    _add_passwd_command(sub)
+    from tidemq.benchtool import add_bench_commands
+
+    bench = sub.add_parser(
+        "bench",
+        help="load-test any MQTT broker (like emqtt-bench)",
+        description="Load-test an MQTT broker: pub, sub or conn (see docs/bench.md).",
+    )
+    add_bench_commands(bench)
+    from tidemq.ctl import add_ctl_commands
+
+    ctl = sub.add_parser(
+        "ctl",
+        help="manage built-in users and bans in the configured storage",
+        description="Manage built-in users and bans in the storage [storage] names, also "
+        "while the broker runs: it sees user changes within auth.builtin.cache_ttl and bans "
+        "within bans.refresh_interval seconds.",
+    )
+    add_ctl_commands(ctl)
     return parser
 
 
@@ -70,14 +90,22 @@ def prepare_data_dir(path: str) -> Path:
 
 
 async def serve(config: Config) -> int:
-    from tidemq.app import Broker
+    from tidemq.app import Broker, open_storage_from_config
+    from tidemq.storage.api import StorageError
 
     prepare_data_dir(config.node.data_dir)
-    broker = Broker(config)
+    try:
+        storage = await open_storage_from_config(config)
+    except StorageError as exc:
+        log.error("cannot open storage (%s): %s", config.storage.backend, exc)
+        return 1
+    broker = Broker(config, storage=storage)
     try:
         await broker.start()
-    except OSError as exc:
+    except (OSError, StorageError, ValueError) as exc:  # ValueError: a bad auth/ACL file
         log.error("cannot start: %s", exc)
+        if storage is not None:
+            await storage.close()
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -86,14 +114,17 @@ async def serve(config: Config) -> int:
 
     def reload() -> None:
         # New connections get the new certificates; established ones keep theirs.
-        log.info("SIGHUP: reloading TLS certificates")
+        log.info("SIGHUP: reloading TLS certificates, password and ACL files")
         broker.reload_tls()
+        broker.reload_auth()
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     log.info("tidemq %s running as %s", __version__, config.node.name)
     await stop.wait()
     log.info("shutting down")
     await broker.stop()
+    if storage is not None:
+        await storage.close()
     return 0
 
 
@@ -112,6 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         return run(serve(config))
     if args.command in ("pub", "sub"):
         return _client_main(args)
+    if args.command == "passwd":
+        return _passwd_main(args)
+    if args.command == "ctl":
+        from tidemq.ctl import ctl_main
+
+        return ctl_main(args)
+    if args.command == "bench":
+        from tidemq.benchtool import main as bench_main
+
+        return bench_main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
@@ -126,7 +167,12 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--help", action="help", help="show this help and exit")
     parser.add_argument("-h", "--host", default="localhost", help="broker host (localhost)")
     parser.add_argument("-p", "--port", type=int, help="broker port (1883, 8883 with TLS)")
-    parser.add_argument("-L", "--url", help="mqtt(s)://[user[:password]@]host[:port]/topic")
+    parser.add_argument(
+        "-L",
+        "--url",
+        help="mqtt(s)://[user[:password]@]host[:port]/topic, or ws(s)://host[:port]/path "
+        "for MQTT over WebSocket (path /mqtt if none; the topic then comes from -t)",
+    )
     parser.add_argument("-q", "--qos", type=int, choices=(0, 1, 2), default=0)
     parser.add_argument(
         "-V",
@@ -181,19 +227,24 @@ def _client_for(args: argparse.Namespace, *, reconnect: bool) -> Any:
         raise ValueError(f"unknown protocol version {args.protocol_version!r}")
     username, password = args.username, args.password
     host, port, tls = args.host, args.port, bool(args.cafile or args.cert)
+    websocket, ws_path = False, ""
     if args.url:
         from urllib.parse import unquote, urlsplit
 
         parts = urlsplit(args.url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError("-L needs an mqtt:// or mqtts:// URL")
-        tls = tls or parts.scheme == "mqtts"
+        if parts.scheme not in ("mqtt", "mqtts", "ws", "wss"):
+            raise ValueError("-L needs an mqtt://, mqtts://, ws:// or wss:// URL")
+        websocket = parts.scheme in ("ws", "wss")
+        tls = tls or parts.scheme in ("mqtts", "wss")
         host, port = parts.hostname or host, parts.port or port
         username = unquote(parts.username) if parts.username else username
         password = unquote(parts.password) if parts.password else password
-        topic = unquote(parts.path.lstrip("/"))
-        if topic:
-            args.topic = [topic] if isinstance(args.topic, list) else topic
+        if websocket:
+            ws_path = parts.path or "/mqtt"
+        else:
+            topic = unquote(parts.path.lstrip("/"))
+            if topic:
+                args.topic = [topic] if isinstance(args.topic, list) else topic
     context = None
     if tls:
         context = ssl.create_default_context(cafile=args.cafile)
@@ -202,12 +253,13 @@ def _client_for(args: argparse.Namespace, *, reconnect: bool) -> Any:
         if args.insecure:
             context.check_hostname = False
     if port is None:
-        port = 8883 if tls else 1883
+        port = (443 if tls else 80) if websocket else 8883 if tls else 1883
     clean = not getattr(args, "disable_clean_session", False)
     if not clean and not args.client_id:
         raise ValueError("-c needs a client id (-i)")
+    scheme = ("wss" if tls else "ws") if websocket else "mqtts" if tls else "mqtt"
     return Client(
-        f"{'mqtts' if tls else 'mqtt'}://{host}:{port}",
+        f"{scheme}://{host}:{port}{ws_path}",
         client_id=args.client_id,
         version=version,
         username=username,
@@ -300,3 +352,108 @@ def _client_main(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+# --- tidemq passwd: mosquitto_passwd alike --------------------------------------------
+
+
+def _add_passwd_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from tidemq.auth.passwords import ALGORITHMS, DEFAULT_ALGORITHM
+
+    passwd = sub.add_parser(
+        "passwd",
+        help="manage a password file (like mosquitto_passwd)",
+        description="Add, update or delete users of a password file (auth.password_file). "
+        "The password is asked for twice unless -b gives it. The file is rewritten "
+        "atomically with mode 0600.",
+        epilog="examples: tidemq passwd -c passwd alice | tidemq passwd -b passwd bob "
+        "PASSWORD | tidemq passwd -D passwd bob | tidemq passwd -U passwd",
+    )
+    mode = passwd.add_mutually_exclusive_group()
+    mode.add_argument(
+        "-c", dest="create", action="store_true", help="create the file (overwriting it)"
+    )
+    mode.add_argument("-D", dest="delete", action="store_true", help="delete the user")
+    mode.add_argument(
+        "-U",
+        dest="upgrade",
+        action="store_true",
+        help="hash every plain-text password in the file (no username)",
+    )
+    passwd.add_argument(
+        "-b", dest="batch", action="store_true", help="take the password from the command line"
+    )
+    passwd.add_argument(
+        "-H",
+        "--hash",
+        choices=ALGORITHMS,
+        default=DEFAULT_ALGORITHM,
+        help=f"hash for new passwords (default {DEFAULT_ALGORITHM})",
+    )
+    passwd.add_argument("file", help="the password file")
+    passwd.add_argument("username", nargs="?")
+    passwd.add_argument("password", nargs="?", help="with -b")
+
+
+def _read_new_password() -> str:
+    import getpass
+
+    first = getpass.getpass("Password: ")
+    second = getpass.getpass("Reenter password: ")
+    if first != second:
+        raise ValueError("passwords do not match")
+    return first
+
+
+def _passwd_main(args: argparse.Namespace) -> int:
+    from tidemq.auth.password_file import (
+        PasswordEntries,
+        PasswordFileError,
+        check_username,
+        parse_password_file,
+        write_password_file,
+    )
+    from tidemq.auth.passwords import hash_password, identify
+
+    try:
+        if args.upgrade:
+            if args.username is not None or args.batch:
+                raise ValueError("-U takes only the file")
+        elif args.username is None:
+            raise ValueError("a username is needed")
+        elif args.batch != (args.password is not None) and not args.delete:
+            raise ValueError("-b needs the password after the username, and only -b takes one")
+        elif args.delete and (args.batch or args.password is not None):
+            raise ValueError("-D takes the file and the username only")
+        if args.create:
+            entries = PasswordEntries({}, ())
+        else:
+            try:
+                with open(args.file, encoding="utf-8") as file:
+                    entries = parse_password_file(file.read(), args.file)
+            except FileNotFoundError:
+                raise ValueError(f"{args.file} does not exist (use -c to create it)") from None
+        users = dict(entries.users)
+        username: str = args.username or ""
+        if args.upgrade:
+            plain = [u for u, h in users.items() if identify(h) is None]
+            for username in plain:
+                users[username] = hash_password(users[username], args.hash)
+            print(f"{len(plain)} password(s) hashed", file=sys.stderr)
+        elif args.delete:
+            if users.pop(username, None) is None:
+                raise ValueError(f"user {username} is not in {args.file}")
+        else:
+            check_username(username)
+            password = args.password if args.batch else _read_new_password()
+            if not password:
+                raise ValueError("empty password")
+            users[username] = hash_password(password, args.hash)
+        write_password_file(args.file, PasswordEntries(users, entries.lines))
+    except (ValueError, PasswordFileError, OSError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, EOFError):
+        print(file=sys.stderr)
+        return 130
+    return 0

@@ -25,6 +25,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -37,6 +38,8 @@ from urllib.parse import parse_qsl, urlsplit
 __all__ = [
     "ENV_CONFIG_FILE",
     "ENV_PREFIX",
+    "AclConfig",
+    "AuthConfig",
     "Config",
     "ConfigError",
     "LimitsConfig",
@@ -862,9 +865,8 @@ class LogConfig(_Section):
 @dataclass(frozen=True, slots=True)
 class StorageConfig(_Section):
     """Where persistent sessions, offline queues, unacknowledged QoS 1/2 messages and
-    retained messages are kept, and how durably (see docs/storage.md). Note: this release
-    ships the storage backends, but `tidemq serve` does not persist to them yet; broker
-    state is still in memory."""
+    retained messages are kept, and how durably (see docs/storage.md). `tidemq serve`
+    restores all of it at start-up."""
 
     backend: StorageBackend = field(
         default="sqlite",
@@ -903,6 +905,725 @@ class StorageConfig(_Section):
             precedent="Mosquitto and EMQX acknowledge before anything reaches disk.",
         ),
     )
+    purge_interval: int = field(
+        default=300,
+        metadata=_doc(
+            "Seconds between purges of expired sessions, expired messages and stored "
+            "messages nothing references any more; 0 = only at start-up.",
+            precedent="EMQX session_expiry checks run on a timer; Mosquitto purges at "
+            "snapshot time.",
+            unit="s",
+            lo=0,
+        ),
+    )
+
+
+# --- storage-backed auth: built-in users, database sources, bans, flapping ----------------
+# (tidemq.auth.builtin, tidemq.auth.database, tidemq.auth.bans; see docs/security.md)
+
+BuiltinUserId = Literal["username", "clientid"]
+# EMQX password_hash_algorithm names, plus `phc` for self-describing hashes ($argon2id$...).
+DbHashName = Literal["plain", "md5", "sha", "sha256", "sha512", "pbkdf2", "bcrypt", "phc"]
+DbSaltPosition = Literal["disable", "prefix", "suffix"]
+DbPbkdf2Mac = Literal["md5", "sha", "sha224", "sha256", "sha384", "sha512"]
+
+_DB_PLACEHOLDERS: Final = ("username", "clientid", "peerhost", "cert_common_name", "cert_subject")
+
+
+def _check_placeholders(text: str) -> str | None:
+    for name in re.findall(r"\$\{([^}]*)\}", text):
+        if name not in _DB_PLACEHOLDERS:
+            return f"unknown placeholder ${{{name}}}; use " + ", ".join(
+                f"${{{p}}}" for p in _DB_PLACEHOLDERS
+            )
+    return None
+
+
+def _check_db_url(schemes: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(url: str) -> str | None:
+        if urlsplit(url).scheme not in schemes:
+            return f"must be a {' or '.join(s + '://' for s in schemes)} URL"
+        return None
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinAuthConfig(_Section):
+    """Built-in users, kept in the storage backend (`storage.backend`) and managed with
+    `tidemq ctl users`. A running broker sees a change made by `tidemq ctl` within
+    `cache_ttl` seconds."""
+
+    user_id_type: BuiltinUserId = field(
+        default="username",
+        metadata=_doc(
+            "Look users up by the CONNECT's `username` or its `clientid`.",
+            precedent="EMQX built-in database user_id_type username.",
+        ),
+    )
+    cache_ttl: float = field(
+        default=5.0,
+        metadata=_doc(
+            "How long a looked-up user (or its absence) is reused before storage is asked "
+            "again: the longest a `tidemq ctl users` change takes to reach a running broker. "
+            "0 = ask storage at every CONNECT.",
+            unit="seconds",
+            lo=0,
+        ),
+    )
+    cache_max_size: int = field(
+        default=10_000,
+        metadata=_doc("Most users cached; the least recently used go first.", lo=1),
+    )
+
+
+def _db_auth_fields(what: str, url: str, schemes: tuple[str, ...]) -> dict[str, Any]:
+    """The fields shared by [auth.redis], [auth.postgres] and [auth.mysql]."""
+    return {
+        "url": field(
+            default=url,
+            metadata=_doc(
+                f"Where the {what} server is (user, password and database in the URL).",
+                check=_check_db_url(schemes),
+            ),
+        ),
+        "password_hash_algorithm": field(
+            default="sha256",
+            metadata=_doc(
+                "How the stored password hash was made: `plain`, `md5`, `sha` (SHA-1), "
+                "`sha256`, `sha512` (hex digests of the password and the salt, see "
+                "`salt_position`), `pbkdf2` (hex, with the `pbkdf2_*` settings), `bcrypt`, "
+                "or `phc` (a self-describing `$argon2id$`, `$pbkdf2-sha512$`, bcrypt or "
+                "Mosquitto hash, as `tidemq passwd` writes).",
+                precedent="EMQX password_hash_algorithm.name sha256.",
+            ),
+        ),
+        "salt_position": field(
+            default="suffix",
+            metadata=_doc(
+                "Where the salt goes for `plain`, `md5`, `sha`, `sha256` and `sha512`: "
+                "`suffix` hashes password+salt, `prefix` salt+password, `disable` no salt.",
+                precedent="EMQX password_hash_algorithm.salt_position suffix.",
+            ),
+        ),
+        "pbkdf2_mac_fun": field(
+            default="sha256",
+            metadata=_doc("The PBKDF2 HMAC hash.", precedent="EMQX mac_fun sha256."),
+        ),
+        "pbkdf2_iterations": field(
+            default=4096,
+            metadata=_doc("PBKDF2 iterations.", precedent="EMQX iterations 4096.", lo=1),
+        ),
+        "pbkdf2_dk_length": field(
+            default=0,
+            metadata=_doc(
+                "PBKDF2 derived key length in bytes; 0 = the hash's own size.",
+                precedent="EMQX dk_length (the hash's size when unset).",
+                unit="bytes",
+                lo=0,
+            ),
+        ),
+        "timeout": field(
+            default=5.0,
+            metadata=_doc(
+                "Time for a connection or a query; after it the source answers `ignore`.",
+                precedent="EMQX request_timeout 5s.",
+                unit="seconds",
+                gt=0,
+            ),
+        ),
+    }
+
+
+_REDIS_AUTHN: Final = _db_auth_fields("Redis", "redis://127.0.0.1:6379/0", ("redis", "rediss"))
+_PG_AUTHN: Final = _db_auth_fields(
+    "PostgreSQL", "postgresql://127.0.0.1:5432/mqtt", ("postgresql", "postgres")
+)
+_MY_AUTHN: Final = _db_auth_fields(
+    "MySQL or MariaDB", "mysql://127.0.0.1:3306/mqtt", ("mysql", "mariadb")
+)
+_SQL_AUTHN_QUERY: Final = (
+    "SELECT password_hash, salt, is_superuser FROM mqtt_user WHERE username = ${username} LIMIT 1"
+)
+_SQL_ACL_QUERY: Final = (
+    "SELECT action, permission, topic FROM mqtt_acl WHERE username = ${username}"
+)
+
+
+def _sql_query_field(default: str, answer: str) -> Any:
+    return field(
+        default=default,
+        metadata=_doc(
+            f"The query; {answer} Placeholders (`${{username}}`, `${{clientid}}`, "
+            "`${peerhost}`, `${cert_common_name}`, `${cert_subject}`) are sent as bound "
+            "parameters, never spliced into the SQL.",
+            precedent="EMQX query.",
+            check=_check_placeholders,
+        ),
+    )
+
+
+_SQL_AUTHN_ANSWER: Final = (
+    "its first row's columns `password_hash` (or `password`), `salt` and `is_superuser` are "
+    "read by name (`salt` and `is_superuser` may be absent)."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAuthConfig(_Section):
+    """Users in Redis (`auth.chain` source `redis`); a client whose command finds no hash
+    is not this source's (`ignore`). Needs the `redis` extra."""
+
+    url: str = _REDIS_AUTHN["url"]
+    cmd: str = field(
+        default="HMGET mqtt_user:${username} password_hash salt is_superuser",
+        metadata=_doc(
+            "The command: `HMGET KEY FIELD...` (fields `password_hash` or `password`, "
+            "`salt`, `is_superuser`) or `HGET KEY FIELD` (the hash alone). Placeholders in "
+            "the key are replaced by the client's values.",
+            precedent="EMQX redis cmd HMGET mqtt_user:${username} password_hash salt is_superuser.",
+            check=_check_placeholders,
+        ),
+    )
+    password_hash_algorithm: DbHashName = _REDIS_AUTHN["password_hash_algorithm"]
+    salt_position: DbSaltPosition = _REDIS_AUTHN["salt_position"]
+    pbkdf2_mac_fun: DbPbkdf2Mac = _REDIS_AUTHN["pbkdf2_mac_fun"]
+    pbkdf2_iterations: int = _REDIS_AUTHN["pbkdf2_iterations"]
+    pbkdf2_dk_length: int = _REDIS_AUTHN["pbkdf2_dk_length"]
+    timeout: float = _REDIS_AUTHN["timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresAuthConfig(_Section):
+    """Users in PostgreSQL (`auth.chain` source `postgres`); no row means not this
+    source's user (`ignore`). Needs the `postgres` extra."""
+
+    url: str = _PG_AUTHN["url"]
+    query: str = _sql_query_field(_SQL_AUTHN_QUERY, _SQL_AUTHN_ANSWER)
+    password_hash_algorithm: DbHashName = _PG_AUTHN["password_hash_algorithm"]
+    salt_position: DbSaltPosition = _PG_AUTHN["salt_position"]
+    pbkdf2_mac_fun: DbPbkdf2Mac = _PG_AUTHN["pbkdf2_mac_fun"]
+    pbkdf2_iterations: int = _PG_AUTHN["pbkdf2_iterations"]
+    pbkdf2_dk_length: int = _PG_AUTHN["pbkdf2_dk_length"]
+    timeout: float = _PG_AUTHN["timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLAuthConfig(_Section):
+    """Users in MySQL or MariaDB (`auth.chain` source `mysql`); no row means not this
+    source's user (`ignore`). Needs the `mysql` extra."""
+
+    url: str = _MY_AUTHN["url"]
+    query: str = _sql_query_field(_SQL_AUTHN_QUERY, _SQL_AUTHN_ANSWER)
+    password_hash_algorithm: DbHashName = _MY_AUTHN["password_hash_algorithm"]
+    salt_position: DbSaltPosition = _MY_AUTHN["salt_position"]
+    pbkdf2_mac_fun: DbPbkdf2Mac = _MY_AUTHN["pbkdf2_mac_fun"]
+    pbkdf2_iterations: int = _MY_AUTHN["pbkdf2_iterations"]
+    pbkdf2_dk_length: int = _MY_AUTHN["pbkdf2_dk_length"]
+    timeout: float = _MY_AUTHN["timeout"]
+
+
+def _db_acl_fields(what: str, url: str, schemes: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "url": field(
+            default=url,
+            metadata=_doc(
+                f"Where the {what} server is (user, password and database in the URL).",
+                check=_check_db_url(schemes),
+            ),
+        ),
+        "timeout": field(
+            default=5.0,
+            metadata=_doc(
+                "Time for a connection or a query; after it the client gets no rules from "
+                "this source (it answers `ignore`).",
+                precedent="EMQX request_timeout 5s.",
+                unit="seconds",
+                gt=0,
+            ),
+        ),
+    }
+
+
+_REDIS_AUTHZ: Final = _db_acl_fields("Redis", "redis://127.0.0.1:6379/0", ("redis", "rediss"))
+_PG_AUTHZ: Final = _db_acl_fields(
+    "PostgreSQL", "postgresql://127.0.0.1:5432/mqtt", ("postgresql", "postgres")
+)
+_MY_AUTHZ: Final = _db_acl_fields(
+    "MySQL or MariaDB", "mysql://127.0.0.1:3306/mqtt", ("mysql", "mariadb")
+)
+_SQL_ACL_ANSWER: Final = (
+    "each row is one rule, with columns `permission` (`allow`/`deny`), `action` "
+    "(`publish`, `subscribe`, `all`) and `topic` (a filter; `${username}`/`${clientid}` "
+    "in it are replaced, `eq ` makes it literal), read by name; rows are tried in order."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAclConfig(_Section):
+    """ACL rules in Redis (`acl.sources` source `redis`), fetched once per connection (at
+    CONNECT): every rule found allows; a request no rule matches is left to the next
+    source. Needs the `redis` extra."""
+
+    url: str = _REDIS_AUTHZ["url"]
+    cmd: str = field(
+        default="HGETALL mqtt_acl:${username}",
+        metadata=_doc(
+            "The command: `HGETALL KEY`, a hash of topic filter → action (`publish`, "
+            "`subscribe`, `all`), each an allow rule.",
+            precedent="EMQX redis authz cmd HGETALL mqtt_acl:${username}.",
+            check=_check_placeholders,
+        ),
+    )
+    timeout: float = _REDIS_AUTHZ["timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresAclConfig(_Section):
+    """ACL rules in PostgreSQL (`acl.sources` source `postgres`), fetched once per
+    connection (at CONNECT). Needs the `postgres` extra."""
+
+    url: str = _PG_AUTHZ["url"]
+    query: str = _sql_query_field(_SQL_ACL_QUERY, _SQL_ACL_ANSWER)
+    timeout: float = _PG_AUTHZ["timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLAclConfig(_Section):
+    """ACL rules in MySQL or MariaDB (`acl.sources` source `mysql`), fetched once per
+    connection (at CONNECT). Needs the `mysql` extra."""
+
+    url: str = _MY_AUTHZ["url"]
+    query: str = _sql_query_field(_SQL_ACL_QUERY, _SQL_ACL_ANSWER)
+    timeout: float = _MY_AUTHZ["timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class BansConfig(_Section):
+    """Bans by client id, username or address (CIDR), kept in storage and managed with
+    `tidemq ctl ban`. A banned client gets CONNACK 0x8A Banned (MQTT 5) or 5 Not authorized
+    (3.1.1) before any authentication; existing connections are not closed."""
+
+    refresh_interval: float = field(
+        default=5.0,
+        metadata=_doc(
+            "How often the broker reloads the bans from storage: the longest a ban made by "
+            "`tidemq ctl` (another process) takes to reach it. 0 = load once at start.",
+            unit="seconds",
+            lo=0,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlappingConfig(_Section):
+    """Flapping detection: a client id whose connections end `max_count` times within
+    `window_time` is banned (by client id, `by = flapping`) for `ban_time`."""
+
+    enable: bool = field(
+        default=False,
+        metadata=_doc("Detect flapping clients.", precedent="EMQX flapping_detect.enable false."),
+    )
+    max_count: int = field(
+        default=15,
+        metadata=_doc(
+            "Disconnects within `window_time` that make a client flapping.",
+            precedent="EMQX flapping_detect.max_count 15.",
+            lo=1,
+        ),
+    )
+    window_time: float = field(
+        default=60.0,
+        metadata=_doc(
+            "The detection window.",
+            precedent="EMQX flapping_detect.window_time 1m.",
+            unit="seconds",
+            gt=0,
+        ),
+    )
+    ban_time: float = field(
+        default=300.0,
+        metadata=_doc(
+            "How long a flapping client id is banned.",
+            precedent="EMQX flapping_detect.ban_time 5m.",
+            unit="seconds",
+            gt=0,
+        ),
+    )
+
+
+# --- authentication and authorization (tidemq.auth; see docs/security.md) -----------------
+
+# The source names of tidemq.auth.plugin, repeated because config stays free of auth imports.
+_AUTH_SOURCES: Final = (
+    "password_file",
+    "builtin",
+    "jwt",
+    "http",
+    "redis",
+    "postgres",
+    "mysql",
+    "cert",
+)
+_ACL_SOURCES: Final = ("file", "builtin", "http", "redis", "postgres", "mysql")
+HttpMethod = Literal["post", "get"]
+HttpBodyFormat = Literal["json", "form"]
+JwtFrom = Literal["password", "username"]
+AclNoMatch = Literal["allow", "deny"]
+
+
+def _check_sources(known: tuple[str, ...]) -> Callable[[tuple[str, ...]], str | None]:
+    def check(names: tuple[str, ...]) -> str | None:
+        for name in names:
+            if name not in known:
+                return f"unknown source {name!r}; sources are {', '.join(known)}" + _suggest(
+                    name, known
+                )
+        if len(set(names)) != len(names):
+            return "a source is named twice"
+        return None
+
+    return check
+
+
+def _check_pairs(separator: str) -> Callable[[tuple[str, ...]], str | None]:
+    def check(items: tuple[str, ...]) -> str | None:
+        for item in items:
+            name, sep, _ = item.partition(separator)
+            if not sep or not name.strip():
+                return f"expected NAME{separator}VALUE items, got {item!r}"
+        return None
+
+    return check
+
+
+def _check_url(url: str) -> str | None:
+    if url and urlsplit(url).scheme not in ("http", "https"):
+        return f"must be an http:// or https:// URL, got {url!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordFileConfig(_Section):
+    """The password file: `username:hash` lines written by `tidemq passwd` (argon2id,
+    pbkdf2-sha512, bcrypt) or by Mosquitto's `mosquitto_passwd`. Read at start, again when
+    it changes (checked at most once a second) and on SIGHUP."""
+
+    path: str = field(
+        default="",
+        metadata=_doc(
+            "The password file. Setting it with an empty `auth.chain` makes the chain "
+            '`["password_file"]`.',
+            precedent="Mosquitto password_file.",
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig(_Section):
+    """JSON Web Tokens as passwords (or usernames): signed with an HMAC secret, an RSA or EC
+    key, or a key from a JWKS URL; `exp` and `nbf` are checked. Needs PyJWT (a core
+    dependency); a JWKS URL also needs the `http` extra."""
+
+    secret: str = field(
+        default="",
+        metadata=_doc("HMAC secret (HS256/HS384/HS512).", precedent="EMQX authn jwt secret."),
+    )
+    secret_base64: bool = field(
+        default=False,
+        metadata=_doc("`secret` is base64-encoded.", precedent="EMQX secret_base64_encoded."),
+    )
+    public_key: str = field(
+        default="",
+        metadata=_doc(
+            "PEM file with the RSA or EC public key (or certificate) that verifies tokens.",
+            precedent="EMQX authn jwt public_key.",
+        ),
+    )
+    jwks_url: str = field(
+        default="",
+        metadata=_doc(
+            "URL of a JSON Web Key Set; keys are chosen by the token's `kid`, cached and "
+            "fetched again every `jwks_refresh` seconds or when an unknown `kid` appears.",
+            precedent="EMQX authn jwt endpoint (use_jwks).",
+            check=_check_url,
+        ),
+    )
+    jwks_refresh: float = field(
+        default=300.0,
+        metadata=_doc(
+            "How often the JWKS is fetched again.",
+            precedent="EMQX refresh_interval 300s.",
+            unit="seconds",
+            gt=0,
+        ),
+    )
+    algorithms: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Signature algorithms accepted (`HS256`, `RS256`, `ES256`, ...). Empty: the "
+            "HMAC ones with `secret`, the RSA, RSA-PSS and EC ones with `public_key` or "
+            "`jwks_url`. `none` is always refused."
+        ),
+    )
+    token_from: JwtFrom = field(
+        default="password",
+        metadata=_doc(
+            "Where the client puts the token.", precedent="EMQX authn jwt from = password."
+        ),
+    )
+    verify_claims: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Claims that must equal a value, as `CLAIM=TEMPLATE` items; templates may use "
+            "`${clientid}` and `${username}`.",
+            precedent="EMQX verify_claims.",
+            check=_check_pairs("="),
+            example='e.g. verify_claims = ["clientid=${clientid}", "username=${username}"]',
+        ),
+    )
+    acl_claim: str = field(
+        default="acl",
+        metadata=_doc(
+            "Claim holding the client's own ACL rules (EMQX format); empty: none read.",
+            precedent="EMQX acl claim.",
+        ),
+    )
+    leeway: float = field(
+        default=10.0,
+        metadata=_doc("Clock skew allowed on `exp` and `nbf`.", unit="seconds", lo=0),
+    )
+
+
+def _http_fields(what: str, precedent: str) -> dict[str, Any]:
+    """The fields shared by [auth.http] and [acl.http] (each its own section class)."""
+    return {
+        "url": field(
+            default="",
+            metadata=_doc(
+                f"URL of the {what} service; it may contain templates.",
+                precedent=f"EMQX {precedent} http url.",
+                check=_check_url,
+            ),
+        ),
+        "method": field(
+            default="post",
+            metadata=_doc(
+                "`post` sends `body` in the request body, `get` in the query string.",
+                precedent="EMQX method post.",
+            ),
+        ),
+        "body_format": field(
+            default="json",
+            metadata=_doc("How a POST body is encoded: a JSON object or a form."),
+        ),
+        "headers": field(
+            default=(),
+            metadata=_doc(
+                "Extra request headers, as `Name: value` items.",
+                precedent="EMQX headers.",
+                check=_check_pairs(":"),
+            ),
+        ),
+        "timeout": field(
+            default=5.0,
+            metadata=_doc(
+                "Time for the whole request; after it the source answers `ignore`.",
+                precedent="EMQX request_timeout 5s.",
+                unit="seconds",
+                gt=0,
+            ),
+        ),
+        "cache_ttl": field(
+            default=0.0 if what == "authentication" else 60.0,
+            metadata=_doc(
+                "How long an `allow` or `deny` answer is reused for the same request. "
+                "0 = not cached.",
+                unit="seconds",
+                lo=0,
+            ),
+        ),
+        "cache_max_size": field(
+            default=10_000,
+            metadata=_doc("Most answers cached; the oldest go first.", lo=1),
+        ),
+    }
+
+
+_HTTP_AUTHN: Final = _http_fields("authentication", "authn")
+_HTTP_AUTHZ: Final = _http_fields("authorization", "authz")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAuthConfig(_Section):
+    """The HTTP callout for authentication: a request to `url` for each CONNECT, answered
+    with JSON `{"result": "allow" | "deny" | "ignore", "is_superuser": false}` or 204
+    (allow); other statuses, errors and timeouts answer `ignore` and are logged. Templates
+    use `${clientid}`, `${username}`, `${password}`, `${peerhost}`, `${cert_common_name}`.
+    Needs the `http` extra (aiohttp)."""
+
+    url: str = _HTTP_AUTHN["url"]
+    method: HttpMethod = _HTTP_AUTHN["method"]
+    body_format: HttpBodyFormat = _HTTP_AUTHN["body_format"]
+    body: tuple[str, ...] = field(
+        default=(
+            "clientid=${clientid}",
+            "username=${username}",
+            "password=${password}",
+            "peerhost=${peerhost}",
+        ),
+        metadata=_doc(
+            "The request's fields, as `NAME=TEMPLATE` items.",
+            precedent="EMQX body.",
+            check=_check_pairs("="),
+        ),
+    )
+    headers: tuple[str, ...] = _HTTP_AUTHN["headers"]
+    timeout: float = _HTTP_AUTHN["timeout"]
+    cache_ttl: float = _HTTP_AUTHN["cache_ttl"]
+    cache_max_size: int = _HTTP_AUTHN["cache_max_size"]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAclConfig(_Section):
+    """The HTTP callout for authorization: a request to `url` for each PUBLISH or SUBSCRIBE
+    the client's cache cannot answer, with the same answers as [auth.http]. Templates use
+    `${clientid}`, `${username}`, `${peerhost}`, `${cert_common_name}`, `${action}`
+    (`publish` or `subscribe`), `${topic}`, `${qos}`, `${retain}`. The client's packets wait
+    for the answer."""
+
+    url: str = _HTTP_AUTHZ["url"]
+    method: HttpMethod = _HTTP_AUTHZ["method"]
+    body_format: HttpBodyFormat = _HTTP_AUTHZ["body_format"]
+    body: tuple[str, ...] = field(
+        default=(
+            "clientid=${clientid}",
+            "username=${username}",
+            "peerhost=${peerhost}",
+            "action=${action}",
+            "topic=${topic}",
+            "qos=${qos}",
+            "retain=${retain}",
+        ),
+        metadata=_doc(
+            "The request's fields, as `NAME=TEMPLATE` items.",
+            precedent="EMQX body.",
+            check=_check_pairs("="),
+        ),
+    )
+    headers: tuple[str, ...] = _HTTP_AUTHZ["headers"]
+    timeout: float = _HTTP_AUTHZ["timeout"]
+    cache_ttl: float = _HTTP_AUTHZ["cache_ttl"]
+    cache_max_size: int = _HTTP_AUTHZ["cache_max_size"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRateLimitConfig(_Section):
+    """Authentication failures per client address: after `max_failures` within `window`,
+    CONNECTs from that address are refused at once (MQTT 5: CONNACK 0x9F Connection rate
+    exceeded; 3.1.1: 5 Not authorized) for `block_time`."""
+
+    max_failures: int = field(
+        default=10,
+        metadata=_doc("Failures that start a block. 0 = no limit.", lo=0),
+    )
+    window: float = field(
+        default=60.0,
+        metadata=_doc("Time window in which failures are counted.", unit="seconds", gt=0),
+    )
+    block_time: float = field(
+        default=60.0,
+        metadata=_doc("How long an address stays blocked.", unit="seconds", gt=0),
+    )
+    max_addresses: int = field(
+        default=100_000,
+        metadata=_doc("Most addresses tracked; the least recently seen are forgotten first.", lo=1),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig(_Section):
+    """Authentication: the sources asked for each CONNECT, in order; the first answer that
+    is not `ignore` wins. When every source ignores a client, `mqtt.allow_anonymous`
+    decides for clients without a username and the others are refused (CONNACK 5 Not
+    authorized, 0x87 on MQTT 5, as Mosquitto). See docs/security.md."""
+
+    chain: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "Authentication sources in order: `password_file`, `builtin` (users kept in "
+            "storage), `jwt`, `http`, `redis`, `postgres`, `mysql`, `cert` (a verified TLS "
+            "client certificate is enough). Empty: `password_file` when "
+            "`auth.password_file.path` is set, else none (only `mqtt.allow_anonymous` "
+            "applies).",
+            precedent="EMQX authentication chain; Mosquitto password_file then plugins.",
+            check=_check_sources(_AUTH_SOURCES),
+        ),
+    )
+    password_file: PasswordFileConfig = field(default_factory=PasswordFileConfig)
+    builtin: BuiltinAuthConfig = field(default_factory=BuiltinAuthConfig)
+    redis: RedisAuthConfig = field(default_factory=RedisAuthConfig)
+    postgres: PostgresAuthConfig = field(default_factory=PostgresAuthConfig)
+    mysql: MySQLAuthConfig = field(default_factory=MySQLAuthConfig)
+    jwt: JwtConfig = field(default_factory=JwtConfig)
+    http: HttpAuthConfig = field(default_factory=HttpAuthConfig)
+    rate_limit: AuthRateLimitConfig = field(default_factory=AuthRateLimitConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class AclConfig(_Section):
+    """Authorization: the ACL sources asked for each PUBLISH and SUBSCRIBE, after the
+    client's own rules (a JWT `acl` claim, rules stored with the user); the first `allow`
+    or `deny` wins, and `no_match` decides when none answers. Superusers bypass it. See
+    docs/security.md for the ACL file format."""
+
+    sources: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "ACL sources in order: `file`, `builtin`, `http`, `redis`, `postgres`, "
+            "`mysql`. Empty: `file` when `acl.file` is set, else none.",
+            precedent="EMQX authorization sources.",
+            check=_check_sources(_ACL_SOURCES),
+        ),
+    )
+    file: str = field(
+        default="",
+        metadata=_doc(
+            "The ACL file (TideMQ rules, or a Mosquitto acl_file), read at start, again "
+            "when it changes (checked at most once a second) and on SIGHUP.",
+            precedent="EMQX authorization file; Mosquitto acl_file.",
+        ),
+    )
+    no_match: AclNoMatch = field(
+        default="allow",
+        metadata=_doc(
+            "The answer when no rule and no source decides. A Mosquitto-format ACL file "
+            "denies what it does not allow itself, as in Mosquitto.",
+            precedent="EMQX authorization.no_match allow.",
+        ),
+    )
+    cache_ttl: float = field(
+        default=60.0,
+        metadata=_doc(
+            "How long a client's authorization answers are reused; 0 = no cache. The cache "
+            "is dropped when an ACL file is reloaded.",
+            precedent="EMQX authorization.cache.ttl 1m.",
+            unit="seconds",
+            lo=0,
+        ),
+    )
+    cache_max_size: int = field(
+        default=32,
+        metadata=_doc(
+            "Most answers cached per client; the least recently used go first.",
+            precedent="EMQX authorization.cache.max_size 32.",
+            lo=1,
+        ),
+    )
+    http: HttpAclConfig = field(default_factory=HttpAclConfig)
+    redis: RedisAclConfig = field(default_factory=RedisAclConfig)
+    postgres: PostgresAclConfig = field(default_factory=PostgresAclConfig)
+    mysql: MySQLAclConfig = field(default_factory=MySQLAclConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -915,6 +1636,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     mqtt: MQTTConfig = field(default_factory=MQTTConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    acl: AclConfig = field(default_factory=AclConfig)
+    bans: BansConfig = field(default_factory=BansConfig)
+    flapping: FlappingConfig = field(default_factory=FlappingConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:

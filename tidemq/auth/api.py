@@ -28,14 +28,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 __all__ = [
-    "Action",
+    "IGNORE",
     "AclRequest",
+    "Action",
     "AuthOutcome",
     "Authenticator",
     "Authorizer",
     "ClientIdentity",
     "Credentials",
-    "IGNORE",
     "Verdict",
 ]
 
@@ -124,11 +124,15 @@ class Authenticator(ABC):
 
     #: The name used in config (``auth.chain``) and logs.
     name: str = ""
+    #: False when this source never gives a client ACL rules of its own
+    #: (``AuthOutcome.acl``); with no such source and no ACL source the plugin does not
+    #: hook authorization at all.
+    provides_acl: bool = True
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 (optional)
         """Connect, load files; called once before the broker accepts clients."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional)
         """Release connections; called once at shutdown."""
 
     @abstractmethod
@@ -141,16 +145,16 @@ class Authorizer(ABC):
 
     name: str = ""
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 (optional)
         """Connect, load files; called once before the broker accepts clients."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional)
         """Release connections; called once at shutdown."""
 
-    async def prepare(self, client: ClientIdentity) -> None:
+    async def prepare(self, client: ClientIdentity) -> None:  # noqa: B027 (optional)
         """Fetch what ``check`` needs for *client*; awaited once after it authenticates."""
 
-    def forget(self, client: ClientIdentity) -> None:
+    def forget(self, client: ClientIdentity) -> None:  # noqa: B027 (optional)
         """Drop what ``prepare`` kept for *client*; called when it disconnects."""
 
     @abstractmethod

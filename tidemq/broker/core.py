@@ -30,7 +30,7 @@ from .retain import RetainedTree
 from .session import QueuedDelivery, Session, SubOptions
 from .settings import NEVER_EXPIRES, BrokerSettings
 from .stats import Stats
-from .timers import Scheduler
+from .timers import Scheduler, TimerEntry
 from .topic_tree import TopicTree
 
 if TYPE_CHECKING:
@@ -71,10 +71,38 @@ class BrokerCore:
         self._sticky: dict[tuple[str, str], Session] = {}
         self._sweep = self.scheduler.call_later(settings.sweep_interval, self._sweep_expired)
         self.sys_publisher: Callable[[], None] | None = None
+        self._connecting: deque[ClientHandler] = deque()  # see watch_connect
+        self._connect_timer: TimerEntry | None = None
         # Set by the composition root when the broker persists (see persist.py).
         self.persist: Persistence | None = None
 
     # --- connections -----------------------------------------------------------------
+
+    def watch_connect(self, handler: ClientHandler) -> None:
+        """Close *handler* if no CONNECT comes by its deadline. Deadlines grow with arrival
+        (one ``connect_timeout`` for all), so a FIFO and one timer serve every connection:
+        no heap entry per connection."""
+        self._connecting.append(handler)
+        if self._connect_timer is None:
+            self._connect_timer = self.scheduler.call_at(
+                handler.connect_deadline(), self._connect_sweep
+            )
+
+    def _connect_sweep(self) -> None:
+        self._connect_timer = None
+        now = self.loop.time()
+        waiting = self._connecting
+        while waiting:
+            handler = waiting[0]
+            if not handler.awaiting_connect:
+                waiting.popleft()  # connected (or gone) since
+                continue
+            deadline = handler.connect_deadline()
+            if deadline > now:
+                self._connect_timer = self.scheduler.call_at(deadline, self._connect_sweep)
+                return
+            waiting.popleft()
+            handler.connect_timeout()
 
     def connection_made(self, link: Link) -> ClientHandler:
         """Transport handler factory: one ``ClientHandler`` per accepted link."""
@@ -415,12 +443,13 @@ class BrokerCore:
             for handler in self.handlers:
                 handler.retry_inflight(loop_now)
         for session in self.sessions.values():
-            if session.awaiting_rel:
+            awaiting = session.awaiting_rel
+            if awaiting:
                 # A PUBREL that never came: forget the packet id after await_rel_timeout
                 # (EMQX's await_rel_timeout); a later PUBREL gets PUBCOMP 0x92.
-                stale = [p for p, t in session.awaiting_rel.items() if loop_now - t > timeout]
+                stale = [p for p, t in awaiting.items() if loop_now - t > timeout]
                 for pid in stale:
-                    del session.awaiting_rel[pid]
+                    del awaiting[pid]
                     if session.handler is not None:
                         session.handler.conn.forget_incoming_qos2(pid)
                     if session.persistent:

@@ -125,10 +125,11 @@ class ClientHandler:
         self._auth: _EnhancedAuth | None = None
         # Acks waiting for a storage commit, in arrival order: (commit or None, ...).
         self._acks: deque[tuple[asyncio.Future[None] | None, Publish, int, str]] | None = None
-        # The handler is its own timer (see ``fire``): the connect timeout until CONNECT,
-        # then the keepalive deadline; 0.0 = none.
-        self._timer_at = deadline = core.loop.time() + settings.connect_timeout
-        core.scheduler.push(deadline, self)
+        # The connect timeout until CONNECT (watched by the core, in arrival order), then
+        # the keepalive deadline (the handler is its own timer entry, see ``fire``);
+        # 0.0 = none.
+        self._timer_at = core.loop.time() + settings.connect_timeout
+        core.watch_connect(self)
 
     # --- transport callbacks ---------------------------------------------------------
 
@@ -237,15 +238,25 @@ class ClientHandler:
         return self._timer_at == 0.0
 
     def fire(self, when: float) -> None:
-        """The scheduler reached *when*: the connect timeout or a keepalive deadline, unless
-        this heap entry is stale (the deadline was cancelled or moved since)."""
+        """The scheduler reached the keepalive deadline *when*, unless this heap entry is
+        stale (the deadline was cancelled or moved since)."""
         if when != self._timer_at:
             return
         self._timer_at = 0.0
-        if self.session is None:
-            self._connect_timeout()
-        else:
-            self._keepalive_check()
+        self._keepalive_check()
+
+    @property
+    def awaiting_connect(self) -> bool:
+        """No CONNECT yet, and its timeout not cancelled."""
+        return self.session is None and self._timer_at != 0.0
+
+    def connect_deadline(self) -> float:
+        return self._timer_at
+
+    def connect_timeout(self) -> None:
+        """The core's connect sweep found no CONNECT in time."""
+        self._timer_at = 0.0
+        self._connect_timeout()
 
     def _arm(self, deadline: float) -> None:
         self._timer_at = deadline
@@ -260,6 +271,8 @@ class ClientHandler:
         core.online -= 1
         # Keep in-flight QoS 2 receipts for exactly-once on resume.
         for pid in self.conn.incoming_qos2():
+            if session.awaiting_rel is None:
+                session.awaiting_rel = {}
             session.awaiting_rel.setdefault(pid, core.loop.time())
         if publish_will and session.will is not None:
             core.schedule_will(session)
@@ -622,7 +635,7 @@ class ClientHandler:
     def _resume(self, session: Session) -> None:
         """Re-send unacknowledged deliveries with DUP [MQTT-4.4.0-1], then the queue."""
         conn = self.conn
-        for pid in session.awaiting_rel:
+        for pid in session.awaiting_rel or ():
             conn.restore_incoming_qos2(pid)
         stale: list[int] = []
         for pid, entry in session.inflight.items():
@@ -719,12 +732,15 @@ class ClientHandler:
         session = self.session
         assert session is not None
         if qos == 2:
-            if len(session.awaiting_rel) >= settings.max_awaiting_rel:
+            awaiting = session.awaiting_rel
+            if awaiting is None:
+                awaiting = session.awaiting_rel = {}
+            if len(awaiting) >= settings.max_awaiting_rel:
                 self._ack_publish(
                     packet, _RC.QUOTA_EXCEEDED if self.v5 else 0, "too many QoS 2 awaiting PUBREL"
                 )
                 return None
-            session.awaiting_rel[packet.packet_id] = core.loop.time()
+            awaiting[packet.packet_id] = core.loop.time()
         persist = core.persist
         mark = 0
         if persist is not None and qos:
@@ -801,8 +817,9 @@ class ClientHandler:
 
     def _send_ack(self, packet: Publish, code: int, reason: str = "") -> None:
         qos = packet.qos
-        if qos == 2 and code >= 0x80 and self.session is not None:
-            self.session.awaiting_rel.pop(packet.packet_id, None)
+        session = self.session
+        if qos == 2 and code >= 0x80 and session is not None and session.awaiting_rel:
+            session.awaiting_rel.pop(packet.packet_id, None)
         if code >= 0x80 and reason and self._problem_info:
             props = self._reason(reason)
             if props is not NO_PROPERTIES:
@@ -1006,6 +1023,7 @@ class ClientHandler:
         session = self.session
         if (
             session is not None
+            and session.awaiting_rel is not None
             and session.awaiting_rel.pop(packet.packet_id, None) is not None
             and session.persistent
         ):

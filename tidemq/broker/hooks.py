@@ -22,7 +22,9 @@ from tidemq.protocol import Properties
 
 log = logging.getLogger("tidemq.hooks")
 
-HOOK_API_VERSION = 1
+# 2: AUTHORIZE_* callbacks may return an awaitable (``Hooks.async_decisions``), and
+# AUTHENTICATE callbacks that answer at once run without a task (``authenticate_now``).
+HOOK_API_VERSION = 2
 
 
 class Decision(Enum):
@@ -161,6 +163,9 @@ Callback = Callable[[Any], Any]
 
 class Hooks:
     """The registry of callbacks per hook point."""
+
+    #: AUTHORIZE_* callbacks may return an awaitable ``Decision`` (see ``decide``).
+    async_decisions = True
 
     def __init__(self) -> None:
         self._callbacks: dict[HookPoint, list[tuple[int, str, Callback]]] = {

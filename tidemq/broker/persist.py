@@ -605,6 +605,8 @@ class Persistence:
         for incoming in await storage.load_incoming_qos2():
             owner = sessions.get(incoming.client_id)
             if owner is not None:
+                if owner.awaiting_rel is None:
+                    owner.awaiting_rel = {}
                 owner.awaiting_rel[incoming.packet_id] = loop_now
         log.info(
             "restored %d sessions, %d retained messages, %d queued and %d in-flight "

@@ -99,7 +99,9 @@ class Session:
         self.inflight: dict[int, Inflight] = {}
         # Created on first use: an empty deque costs ~760 bytes per idle session.
         self.queue: deque[QueuedDelivery] | None = None
-        self.awaiting_rel: dict[int, float] = {}
+        # Incoming QoS 2 packet ids awaiting PUBREL → loop time received; created on first
+        # use (None: none), as most sessions never publish at QoS 2.
+        self.awaiting_rel: dict[int, float] | None = None
         self.handler: ClientHandler | None = None
         # Who the client was at its last CONNECT: its will is authorized as that client.
         self.info: ClientInfo | None = None

@@ -37,7 +37,9 @@ _MODULES: Final[dict[str, tuple[str, str]]] = {
 }
 
 
-def create_storage(backend: str, url: str, data_dir: str, durability: str) -> Storage:
+def create_storage(
+    backend: str, url: str, data_dir: str, durability: str, *, shared: bool = False
+) -> Storage:
     """A ``Storage`` for *backend*, not yet opened.
 
     Args:
@@ -46,6 +48,7 @@ def create_storage(backend: str, url: str, data_dir: str, durability: str) -> St
             SQLite takes a file path or ``sqlite:///path`` (relative to *data_dir*).
         data_dir: the broker's data directory (SQLite's file lives there).
         durability: ``sync``, ``batch`` or ``none``.
+        shared: open beside a running broker (``tidemq ctl``): no one-broker lock.
 
     Raises:
         StorageError: an unknown backend or durability, a bad URL, or a missing driver.
@@ -65,16 +68,19 @@ def create_storage(backend: str, url: str, data_dir: str, durability: str) -> St
         ) from exc
     factory = module.from_url
     storage: Storage = factory(url or DEFAULT_URLS[backend], data_dir, durability)
+    storage.shared = shared
     return storage
 
 
-async def open_storage(backend: str, url: str, data_dir: str, durability: str) -> Storage:
+async def open_storage(
+    backend: str, url: str, data_dir: str, durability: str, *, shared: bool = False
+) -> Storage:
     """``create_storage`` then ``open``: a ready ``Storage``.
 
     Raises:
         StorageError: as ``create_storage``, or as the backend's ``open``.
         StorageUnavailable: a server backend cannot be reached (retry later).
     """
-    storage = create_storage(backend, url, data_dir, durability)
+    storage = create_storage(backend, url, data_dir, durability, shared=shared)
     await storage.open()
     return storage

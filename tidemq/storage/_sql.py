@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from tidemq.storage.api import (
+    BanRecord,
     IncomingQos2Record,
     InflightRecord,
     MessageRecord,
@@ -21,11 +22,12 @@ from tidemq.storage.api import (
     RetainedRecord,
     SessionRecord,
     SubscriptionRecord,
+    UserRecord,
     WillRecord,
 )
 
 #: The schema version the SQL backends write; each keeps its own migrations up to it.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # Column lists, in the order of the *_params functions below.
 SESSION_COLUMNS: Final = (
@@ -43,6 +45,9 @@ QUEUE_COLUMNS: Final = "client_id, seq, message_id, qos, retain, sub_ids"
 INFLIGHT_COLUMNS: Final = "client_id, packet_id, message_id, qos, retain, sub_ids, released, seq"
 INCOMING_COLUMNS: Final = "client_id, packet_id, received_at"
 RETAINED_COLUMNS: Final = "topic, payload, qos, properties, sender, created_at, expires_at"
+# Schema version 2. Column names avoid SQL keywords (BY, VALUE, UNTIL) in every dialect.
+USER_COLUMNS: Final = "username, password_hash, superuser, created_at, updated_at"
+BAN_COLUMNS: Final = "ban_kind, ban_value, reason, created_at, expires_at, banned_by"
 
 Row = Sequence[Any]
 
@@ -193,4 +198,33 @@ def retained_from_row(row: Row) -> RetainedRecord:
         sender=row[4],
         created_at=row[5],
         expires_at=row[6],
+    )
+
+
+def user_params(r: UserRecord) -> tuple[Any, ...]:
+    return (r.username, r.password_hash, r.superuser, r.created_at, r.updated_at)
+
+
+def user_from_row(row: Row) -> UserRecord:
+    return UserRecord(
+        username=row[0],
+        password_hash=row[1],
+        superuser=bool(row[2]),
+        created_at=row[3],
+        updated_at=row[4],
+    )
+
+
+def ban_params(r: BanRecord) -> tuple[Any, ...]:
+    return (r.kind, r.value, r.reason, r.created_at, r.until, r.by)
+
+
+def ban_from_row(row: Row) -> BanRecord:
+    return BanRecord(
+        kind=row[0],
+        value=row[1],
+        reason=row[2],
+        created_at=row[3],
+        until=row[4],
+        by=row[5],
     )

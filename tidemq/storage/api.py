@@ -34,6 +34,13 @@ Puts are upserts (the whole record is replaced); deletes of a missing key do not
 ``delete_session`` cascades to the client's subscriptions, queue, in-flight and incoming
 QoS 2 entries. Loads return lists in a stable order; the per-client loads take an optional
 client id (``None`` = every client, which is what a restart uses).
+
+Users and bans
+--------------
+Built-in users (``UserRecord``) and bans (``BanRecord``) are administrative data, written
+by ``tidemq ctl`` (possibly from another process while the broker runs) and read by the
+auth sources. They are not part of the write batch: each ``put_*`` / ``delete_*`` is one
+small transaction of its own. ``purge_expired`` also deletes bans whose ``until`` has passed.
 """
 
 from __future__ import annotations
@@ -59,9 +66,12 @@ from tidemq.protocol import (
 
 __all__ = [
     "BACKENDS",
+    "BAN_KINDS",
     "DURABILITY_MODES",
     "EMPTY_PROPERTIES",
     "Backend",
+    "BanKind",
+    "BanRecord",
     "DeleteIncomingQos2",
     "DeleteInflight",
     "DeleteMessage",
@@ -90,6 +100,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "SubscriptionRecord",
+    "UserRecord",
     "WillRecord",
     "WriteBatch",
     "properties_from_bytes",
@@ -114,6 +125,10 @@ Durability: TypeAlias = Literal["sync", "batch", "none"]
   ``synchronous=OFF``); a broker crash may lose the writes of its last moments.
 """
 DURABILITY_MODES: Final[tuple[str, ...]] = get_args(Durability)
+
+BanKind: TypeAlias = Literal["clientid", "username", "address"]
+"""What a ban matches: a client id, a username, or a peer address (an IP or a CIDR)."""
+BAN_KINDS: Final[tuple[str, ...]] = get_args(BanKind)
 
 #: The encoded form of an empty MQTT 5 property block.
 EMPTY_PROPERTIES: Final = b"\x00"
@@ -243,6 +258,33 @@ class RetainedRecord:
     properties: bytes = EMPTY_PROPERTIES
     sender: str | None = None
     expires_at: float | None = None  # wall clock; None = never
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserRecord:
+    """A built-in user (``tidemq ctl users``), checked by the ``builtin`` authenticator."""
+
+    username: str
+    password_hash: str  # a PHC string (``$argon2id$...``, ``$pbkdf2-sha512$...``, bcrypt)
+    superuser: bool = False  # bypasses authorization
+    created_at: float  # wall clock
+    updated_at: float | None = None  # wall clock of the last password or flag change
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BanRecord:
+    """A ban: CONNECTs matching it are refused (CONNACK 0x8A Banned) until ``until``.
+
+    ``value`` is a client id, a username, or for ``address`` an IP address or a CIDR network
+    in its normal form (``ipaddress.ip_network(v, strict=False)``), which is the key.
+    """
+
+    kind: BanKind
+    value: str
+    reason: str = ""
+    created_at: float  # wall clock
+    until: float | None = None  # wall clock; None = forever
+    by: str = ""  # who banned: "ctl", "flapping", an API user...
 
 
 # --- the write batch -----------------------------------------------------------------------
@@ -440,6 +482,9 @@ class Storage(ABC):
                 f"unknown durability {durability!r}: use one of {', '.join(DURABILITY_MODES)}"
             )
         self.durability: Durability = durability
+        #: Set before ``open`` by an administrative process (``tidemq ctl``) that opens the
+        #: store beside a running broker: SQLite then does not take the one-broker lock.
+        self.shared = False
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -516,11 +561,42 @@ class Storage(ABC):
         * retained messages whose ``expires_at <= now``;
         * queue entries whose message has ``expires_at <= now`` (in-flight entries stay:
           their delivery has started [MQTT-3.3.2-5]);
-        * then every stored message that no queue or in-flight entry references.
+        * then every stored message that no queue or in-flight entry references;
+        * bans whose ``until <= now``.
 
         Returns:
-            how many sessions, retained messages and stored messages were deleted.
+            how many sessions, retained messages, stored messages and bans were deleted.
         """
+
+    # --- users and bans (administrative data; each call is its own transaction) ----------
+
+    @abstractmethod
+    async def get_user(self, username: str) -> UserRecord | None:
+        """The built-in user *username*, or None."""
+
+    @abstractmethod
+    async def put_user(self, record: UserRecord) -> None:
+        """Create or replace the user ``record.username``."""
+
+    @abstractmethod
+    async def delete_user(self, username: str) -> bool:
+        """Delete a user; True when it existed."""
+
+    @abstractmethod
+    async def list_users(self) -> list[UserRecord]:
+        """Every built-in user, by username."""
+
+    @abstractmethod
+    async def put_ban(self, record: BanRecord) -> None:
+        """Create or replace the ban of (``record.kind``, ``record.value``)."""
+
+    @abstractmethod
+    async def delete_ban(self, kind: BanKind, value: str) -> bool:
+        """Lift a ban; True when it existed."""
+
+    @abstractmethod
+    async def list_bans(self) -> list[BanRecord]:
+        """Every stored ban, expired or not (until the next purge), by (kind, value)."""
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from tidemq.storage.api import (
+    BanKind,
+    BanRecord,
     DeleteIncomingQos2,
     DeleteInflight,
     DeleteMessage,
@@ -36,6 +38,7 @@ from tidemq.storage.api import (
     Storage,
     StorageError,
     SubscriptionRecord,
+    UserRecord,
     WriteBatch,
 )
 
@@ -59,6 +62,8 @@ class MemoryStorage(Storage):
         self.incoming: dict[str, dict[int, IncomingQos2Record]] = {}
         self.messages: dict[int, MessageRecord] = {}
         self.retained: dict[str, RetainedRecord] = {}
+        self.users: dict[str, UserRecord] = {}
+        self.bans: dict[tuple[str, str], BanRecord] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             PutSession: self._put_session,
             DeleteSession: self._delete_session,
@@ -214,7 +219,40 @@ class MemoryStorage(Storage):
         for message_id in [i for i in messages if i not in referenced]:
             del messages[message_id]
             removed += 1
+        for key in [k for k, b in self.bans.items() if b.until is not None and b.until <= now]:
+            del self.bans[key]
+            removed += 1
         return removed
+
+    # --- users and bans ------------------------------------------------------------------
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        self._check()
+        return self.users.get(username)
+
+    async def put_user(self, record: UserRecord) -> None:
+        self._check()
+        self.users[record.username] = record
+
+    async def delete_user(self, username: str) -> bool:
+        self._check()
+        return self.users.pop(username, None) is not None
+
+    async def list_users(self) -> list[UserRecord]:
+        self._check()
+        return [self.users[k] for k in sorted(self.users)]
+
+    async def put_ban(self, record: BanRecord) -> None:
+        self._check()
+        self.bans[(record.kind, record.value)] = record
+
+    async def delete_ban(self, kind: BanKind, value: str) -> bool:
+        self._check()
+        return self.bans.pop((kind, value), None) is not None
+
+    async def list_bans(self) -> list[BanRecord]:
+        self._check()
+        return [self.bans[k] for k in sorted(self.bans)]
 
 
 def _pop(table: dict[str, dict[Any, Any]], client_id: str, key: object) -> None:

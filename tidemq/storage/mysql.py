@@ -34,6 +34,8 @@ import pymysql
 
 from tidemq.storage import _sql
 from tidemq.storage.api import (
+    BanKind,
+    BanRecord,
     DeleteIncomingQos2,
     DeleteInflight,
     DeleteMessage,
@@ -60,6 +62,7 @@ from tidemq.storage.api import (
     StorageError,
     StorageUnavailable,
     SubscriptionRecord,
+    UserRecord,
     WriteBatch,
 )
 
@@ -154,6 +157,27 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 created_at DOUBLE NOT NULL,
                 expires_at DOUBLE NULL,
                 KEY tidemq_retained_expires (expires_at)) {_TABLE_OPTIONS}""",
+        ),
+    ),
+    (
+        2,
+        (
+            f"""CREATE TABLE IF NOT EXISTS tidemq_users (
+                ukey BINARY(32) NOT NULL PRIMARY KEY,
+                username TEXT NOT NULL,
+                password_hash TEXT NOT NULL,
+                superuser BOOLEAN NOT NULL,
+                created_at DOUBLE NOT NULL,
+                updated_at DOUBLE NULL) {_TABLE_OPTIONS}""",
+            f"""CREATE TABLE IF NOT EXISTS tidemq_bans (
+                bkey BINARY(32) NOT NULL PRIMARY KEY,
+                ban_kind VARCHAR(16) NOT NULL,
+                ban_value TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                created_at DOUBLE NOT NULL,
+                expires_at DOUBLE NULL,
+                banned_by TEXT NOT NULL,
+                KEY tidemq_bans_expires (expires_at)) {_TABLE_OPTIONS}""",
         ),
     ),
 )
@@ -281,6 +305,7 @@ _PURGE: Final[tuple[tuple[str, bool, bool], ...]] = (
     ),
     ("DELETE FROM tidemq_sessions WHERE expires_at <= %s", True, True),
     ("DELETE FROM tidemq_retained WHERE expires_at <= %s", True, True),
+    ("DELETE FROM tidemq_bans WHERE expires_at <= %s", True, True),
     (
         "DELETE FROM tidemq_queue WHERE message_id IN "
         "(SELECT message_id FROM tidemq_messages WHERE expires_at <= %s)",
@@ -296,6 +321,14 @@ _PURGE: Final[tuple[tuple[str, bool, bool], ...]] = (
         True,
     ),
 )
+
+_PUT_USER: Final = _upsert("tidemq_users", _columns("ukey", columns=_sql.USER_COLUMNS), ("ukey",))
+_PUT_BAN: Final = _upsert("tidemq_bans", _columns("bkey", columns=_sql.BAN_COLUMNS), ("bkey",))
+
+
+def _ban_key(kind: str, value: str) -> bytes:
+    return _sql.key_hash(f"{kind}:{value}")
+
 
 # Client error codes (CR_*) and server error codes (ER_*) that mean the server is gone or
 # refuses work for now: too many connections, shutdown in progress, connection killed,
@@ -571,6 +604,47 @@ class MySQLStorage(Storage):
 
         removed: int = await self._call(purge)
         return removed
+
+    # --- users and bans ------------------------------------------------------------------
+
+    async def _execute(self, sql: str, args: tuple[Any, ...]) -> int:
+        async def execute(conn: Any) -> int:
+            async with conn.cursor() as cur:
+                count: int = await cur.execute(sql, args)
+                return count
+
+        count: int = await self._call(execute)
+        return count
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_sql.USER_COLUMNS} FROM tidemq_users WHERE ukey = %s", (_h(username),)
+        )
+        return _sql.user_from_row(rows[0]) if rows else None
+
+    async def put_user(self, record: UserRecord) -> None:
+        await self._execute(_PUT_USER, (_h(record.username), *_sql.user_params(record)))
+
+    async def delete_user(self, username: str) -> bool:
+        return await self._execute("DELETE FROM tidemq_users WHERE ukey = %s", (_h(username),)) > 0
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._fetch(f"SELECT {_sql.USER_COLUMNS} FROM tidemq_users ORDER BY username")
+        return [_sql.user_from_row(r) for r in rows]
+
+    async def put_ban(self, record: BanRecord) -> None:
+        key = _ban_key(record.kind, record.value)
+        await self._execute(_PUT_BAN, (key, *_sql.ban_params(record)))
+
+    async def delete_ban(self, kind: BanKind, value: str) -> bool:
+        sql = "DELETE FROM tidemq_bans WHERE bkey = %s"
+        return await self._execute(sql, (_ban_key(kind, value),)) > 0
+
+    async def list_bans(self) -> list[BanRecord]:
+        rows = await self._fetch(
+            f"SELECT {_sql.BAN_COLUMNS} FROM tidemq_bans ORDER BY ban_kind, ban_value"
+        )
+        return [_sql.ban_from_row(r) for r in rows]
 
 
 async def _apply(conn: Any, batch: WriteBatch) -> None:

@@ -31,6 +31,8 @@ import asyncpg
 
 from tidemq.storage import _sql
 from tidemq.storage.api import (
+    BanKind,
+    BanRecord,
     DeleteIncomingQos2,
     DeleteInflight,
     DeleteMessage,
@@ -57,6 +59,7 @@ from tidemq.storage.api import (
     StorageError,
     StorageUnavailable,
     SubscriptionRecord,
+    UserRecord,
     WriteBatch,
 )
 
@@ -153,6 +156,26 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 expires_at DOUBLE PRECISION)""",
             "CREATE INDEX tidemq_retained_expires ON tidemq_retained (expires_at) "
             "WHERE expires_at IS NOT NULL",
+        ),
+    ),
+    (
+        2,
+        (
+            """CREATE TABLE tidemq_users (
+                ukey BYTEA PRIMARY KEY,
+                username TEXT COLLATE "C" NOT NULL,
+                password_hash TEXT NOT NULL,
+                superuser BOOLEAN NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION)""",
+            """CREATE TABLE tidemq_bans (
+                bkey BYTEA PRIMARY KEY,
+                ban_kind TEXT COLLATE "C" NOT NULL,
+                ban_value TEXT COLLATE "C" NOT NULL,
+                reason TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION,
+                banned_by TEXT NOT NULL)""",
         ),
     ),
 )
@@ -279,6 +302,7 @@ _PURGE: Final[tuple[tuple[str, bool], ...]] = (
     ),
     ("DELETE FROM tidemq_sessions WHERE expires_at <= $1", True),
     ("DELETE FROM tidemq_retained WHERE expires_at <= $1", True),
+    ("DELETE FROM tidemq_bans WHERE expires_at <= $1", True),
     (
         "DELETE FROM tidemq_queue WHERE message_id IN "
         "(SELECT message_id FROM tidemq_messages WHERE expires_at <= $1)",
@@ -291,6 +315,14 @@ _PURGE: Final[tuple[tuple[str, bool], ...]] = (
         True,
     ),
 )
+
+_PUT_USER: Final = _upsert("tidemq_users", ("ukey",), _columns("ukey", columns=_sql.USER_COLUMNS))
+_PUT_BAN: Final = _upsert("tidemq_bans", ("bkey",), _columns("bkey", columns=_sql.BAN_COLUMNS))
+
+
+def _ban_key(kind: str, value: str) -> bytes:
+    return _sql.key_hash(f"{kind}:{value}")
+
 
 # Errors after which the connection is gone or the server refuses work for now.
 _UNAVAILABLE: Final = (
@@ -521,6 +553,42 @@ class PostgresStorage(Storage):
 
         removed: int = await self._call(purge)
         return removed
+
+    # --- users and bans ------------------------------------------------------------------
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        status: str = await self._call(lambda conn: conn.execute(sql, *args))
+        return _rowcount(status)
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_sql.USER_COLUMNS} FROM tidemq_users WHERE ukey = $1", _h(username)
+        )
+        return _sql.user_from_row(rows[0]) if rows else None
+
+    async def put_user(self, record: UserRecord) -> None:
+        await self._execute(_PUT_USER, _h(record.username), *_sql.user_params(record))
+
+    async def delete_user(self, username: str) -> bool:
+        return await self._execute("DELETE FROM tidemq_users WHERE ukey = $1", _h(username)) > 0
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._fetch(f"SELECT {_sql.USER_COLUMNS} FROM tidemq_users ORDER BY username")
+        return [_sql.user_from_row(r) for r in rows]
+
+    async def put_ban(self, record: BanRecord) -> None:
+        key = _ban_key(record.kind, record.value)
+        await self._execute(_PUT_BAN, key, *_sql.ban_params(record))
+
+    async def delete_ban(self, kind: BanKind, value: str) -> bool:
+        sql = "DELETE FROM tidemq_bans WHERE bkey = $1"
+        return await self._execute(sql, _ban_key(kind, value)) > 0
+
+    async def list_bans(self) -> list[BanRecord]:
+        rows = await self._fetch(
+            f"SELECT {_sql.BAN_COLUMNS} FROM tidemq_bans ORDER BY ban_kind, ban_value"
+        )
+        return [_sql.ban_from_row(r) for r in rows]
 
 
 async def _write_run(conn: Any, run: list[Op]) -> None:

@@ -16,11 +16,17 @@ Theory of operation
       P message-expiry         zset   message id, scored by expires_at
       P retained               hash   topic → message (as for messages)
       P retained-expiry        zset   topic, scored by expires_at
+      P users                  hash   username → user (JSON)            (schema 2)
+      P bans                   hash   "<kind>:<value>" → ban (JSON)      (schema 2)
+      P ban-expiry             zset   "<kind>:<value>", scored by until  (schema 2)
 
 * **Batches** are one MULTI/EXEC pipeline: built whole on the client (an operation the
   backend does not know fails before anything is sent), then executed atomically. Every
   command is idempotent (HSET, HDEL, ZADD, SADD, DEL), so redis-py's retry after a lost
   connection cannot apply anything twice.
+* **Schema versions**: ``P meta`` holds the version. Version 2 only added keys (users and
+  bans), so moving a prefix from 1 to 2 changes no data; a newer version is refused.
+* **Users and bans** are single commands (a MULTI/EXEC pair for a ban and its expiry).
 * **purge_expired** is one Lua script, so it is atomic with respect to batches: no batch
   can move a reference between the queue and the in-flight table while the script is
   looking for unreferenced messages. It walks every client's queue and in-flight table;
@@ -49,6 +55,8 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tidemq.storage.api import (
+    BanKind,
+    BanRecord,
     DeleteIncomingQos2,
     DeleteInflight,
     DeleteMessage,
@@ -74,6 +82,7 @@ from tidemq.storage.api import (
     StorageError,
     StorageUnavailable,
     SubscriptionRecord,
+    UserRecord,
     WillRecord,
     WriteBatch,
 )
@@ -86,7 +95,7 @@ Pipeline = Any  # redis.asyncio.client.Pipeline; its command methods are loosely
 
 #: The key prefix when the URL has no ``?prefix=``.
 DEFAULT_PREFIX: Final = "tidemq:"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 # Seconds to wait for a connection, and for a reply, before calling the server unavailable.
 CONNECT_TIMEOUT: Final = 5.0
 REPLY_TIMEOUT: Final = 30.0
@@ -138,6 +147,11 @@ for _, mid in ipairs(redis.call('HKEYS', p .. 'messages')) do
     removed = removed + 1
   end
 end
+local bans = redis.call('ZRANGEBYSCORE', p .. 'ban-expiry', '-inf', now)
+for _, key in ipairs(bans) do
+  removed = removed + redis.call('HDEL', p .. 'bans', key)
+end
+redis.call('ZREMRANGEBYSCORE', p .. 'ban-expiry', '-inf', now)
 return removed
 """
 
@@ -327,6 +341,55 @@ def _decode_retained(topic: str, data: bytes) -> RetainedRecord:
     )
 
 
+def _encode_user(r: UserRecord) -> bytes:
+    doc = {
+        "password_hash": r.password_hash,
+        "superuser": r.superuser,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _decode_user(username: str, data: bytes) -> UserRecord:
+    doc = json.loads(data)
+    return UserRecord(
+        username=username,
+        password_hash=doc["password_hash"],
+        superuser=doc["superuser"],
+        created_at=doc["created_at"],
+        updated_at=doc["updated_at"],
+    )
+
+
+def _ban_field(kind: str, value: str) -> str:
+    return f"{kind}:{value}"  # kinds have no colon, so the first one splits
+
+
+def _encode_ban(r: BanRecord) -> bytes:
+    doc = {
+        "kind": r.kind,
+        "value": r.value,
+        "reason": r.reason,
+        "created_at": r.created_at,
+        "until": r.until,
+        "by": r.by,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _decode_ban(data: bytes) -> BanRecord:
+    doc = json.loads(data)
+    return BanRecord(
+        kind=doc["kind"],
+        value=doc["value"],
+        reason=doc["reason"],
+        created_at=doc["created_at"],
+        until=doc["until"],
+        by=doc["by"],
+    )
+
+
 # --- the backend -----------------------------------------------------------------------------
 
 
@@ -426,6 +489,10 @@ class RedisStorage(Storage):
                 f"Redis prefix {self.prefix!r} has schema version {version}, newer than "
                 f"this TideMQ supports ({SCHEMA_VERSION}); upgrade TideMQ"
             )
+        if version < SCHEMA_VERSION:
+            # 1 → 2 added keys only; nothing to convert.
+            await client.hset(meta, "schema", SCHEMA_VERSION)
+            log.info("Redis prefix %r migrated to schema version %d", self.prefix, SCHEMA_VERSION)
 
     async def _check_persistence(self, client: Any) -> None:
         try:
@@ -623,6 +690,59 @@ class RedisStorage(Storage):
         script = self._purge
         removed = await self._call(lambda _: script(args=[self.prefix, repr(now)]))
         return int(removed)
+
+    # --- users and bans ------------------------------------------------------------------
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        data: bytes | None = await self._call(lambda c: c.hget(self._key("users"), username))
+        return None if data is None else _decode_user(username, data)
+
+    async def put_user(self, record: UserRecord) -> None:
+        data = _encode_user(record)
+        await self._call(lambda c: c.hset(self._key("users"), record.username, data))
+
+    async def delete_user(self, username: str) -> bool:
+        count: int = await self._call(lambda c: c.hdel(self._key("users"), username))
+        return count > 0
+
+    async def list_users(self) -> list[UserRecord]:
+        rows: dict[bytes, bytes] = await self._call(lambda c: c.hgetall(self._key("users")))
+        users = [_decode_user(k.decode(), v) for k, v in rows.items()]
+        users.sort(key=lambda u: u.username)
+        return users
+
+    async def put_ban(self, record: BanRecord) -> None:
+        name = _ban_field(record.kind, record.value)
+
+        async def put(client: Any) -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self._key("bans"), name, _encode_ban(record))
+            if record.until is None:
+                pipe.zrem(self._key("ban-expiry"), name)
+            else:
+                pipe.zadd(self._key("ban-expiry"), {name: record.until})
+            await pipe.execute()
+
+        await self._call(put)
+
+    async def delete_ban(self, kind: BanKind, value: str) -> bool:
+        name = _ban_field(kind, value)
+
+        async def delete(client: Any) -> int:
+            pipe = client.pipeline(transaction=True)
+            pipe.hdel(self._key("bans"), name)
+            pipe.zrem(self._key("ban-expiry"), name)
+            count, _ = await pipe.execute()
+            return int(count)
+
+        count: int = await self._call(delete)
+        return count > 0
+
+    async def list_bans(self) -> list[BanRecord]:
+        rows: dict[bytes, bytes] = await self._call(lambda c: c.hgetall(self._key("bans")))
+        bans = [_decode_ban(v) for v in rows.values()]
+        bans.sort(key=lambda b: (b.kind, b.value))
+        return bans
 
 
 def _text(value: object) -> str:

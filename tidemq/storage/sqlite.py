@@ -8,9 +8,13 @@ Theory of operation
 * **Durability.** WAL journal; ``synchronous=FULL`` under ``durability = "sync"`` (each
   commit is fsynced before ``apply`` returns), ``NORMAL`` under ``batch``, ``OFF`` under
   ``none``. One ``apply`` is one ``BEGIN IMMEDIATE … COMMIT``.
-* **One owner.** ``locking_mode=EXCLUSIVE``: the broker holds the file's lock from ``open``
-  to ``close``, so a second broker on the same data directory gets a clear error instead of
-  two writers. The lock goes with the process, even on SIGKILL.
+* **One owner, and admin beside it.** The broker holds an exclusive ``flock`` on
+  ``tidemq.db.lock`` beside the database from ``open`` to ``close``, so a second broker on
+  the same data directory gets a clear error instead of two writers; the lock goes with the
+  process, even on SIGKILL. The database itself is in the normal locking mode, so that an
+  administrative process (``tidemq ctl``, ``Storage.shared``) can read and write users and
+  bans while the broker runs: WAL lets it read beside the broker, and a writer waits up to
+  ``_BUSY_TIMEOUT`` for the other's transaction to end.
 * **Never clobber.** The data directory is created ``0700`` and the file ``0600``. A file at
   the path that is not SQLite, is corrupt, or is another program's database (tables but no
   ``tidemq_schema``) is refused with ``StorageError`` at ``open`` and left byte for byte as
@@ -23,6 +27,8 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -36,6 +42,8 @@ from urllib.parse import quote
 
 from tidemq.storage import _sql
 from tidemq.storage.api import (
+    BanKind,
+    BanRecord,
     DeleteIncomingQos2,
     DeleteInflight,
     DeleteMessage,
@@ -61,6 +69,7 @@ from tidemq.storage.api import (
     Storage,
     StorageError,
     SubscriptionRecord,
+    UserRecord,
     WriteBatch,
 )
 
@@ -74,9 +83,11 @@ T = TypeVar("T")
 DEFAULT_FILENAME: Final = "tidemq.db"
 # The first 16 bytes of every SQLite 3 database file.
 _MAGIC: Final = b"SQLite format 3\x00"
-# How long to wait for a lock held by another connection before failing (seconds). Another
-# broker holds it for good, so this only rides out a brief external reader.
-_BUSY_TIMEOUT: Final = 2.0
+# How long to wait for a lock held by another connection before failing (seconds): rides
+# out a transaction of the broker or of ``tidemq ctl``, which are short.
+_BUSY_TIMEOUT: Final = 5.0
+#: Beside the database: the broker's ownership lock (``flock``).
+LOCK_SUFFIX: Final = ".lock"
 _SYNCHRONOUS: Final[dict[str, str]] = {"sync": "FULL", "batch": "NORMAL", "none": "OFF"}
 
 MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
@@ -153,6 +164,25 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 sender TEXT,
                 created_at REAL NOT NULL,
                 expires_at REAL)""",
+        ),
+    ),
+    (
+        2,
+        (
+            """CREATE TABLE tidemq_users (
+                username TEXT PRIMARY KEY NOT NULL,
+                password_hash TEXT NOT NULL,
+                superuser INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL)""",
+            """CREATE TABLE tidemq_bans (
+                ban_kind TEXT NOT NULL,
+                ban_value TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                expires_at REAL,
+                banned_by TEXT NOT NULL,
+                PRIMARY KEY (ban_kind, ban_value)) WITHOUT ROWID""",
         ),
     ),
 )
@@ -278,7 +308,11 @@ _PURGE: Final[tuple[tuple[str, bool], ...]] = (
         "(SELECT 1 FROM tidemq_inflight i WHERE i.message_id = tidemq_messages.message_id)",
         True,
     ),
+    ("DELETE FROM tidemq_bans WHERE expires_at <= :now", True),
 )
+
+_PUT_USER: Final = f"INSERT OR REPLACE INTO tidemq_users ({_sql.USER_COLUMNS}) VALUES (?,?,?,?,?)"
+_PUT_BAN: Final = f"INSERT OR REPLACE INTO tidemq_bans ({_sql.BAN_COLUMNS}) VALUES (?,?,?,?,?,?)"
 
 
 def _client_filter(client_id: str | None) -> tuple[str, tuple[Any, ...]]:
@@ -307,6 +341,7 @@ class SQLiteStorage(Storage):
         self.path = self.data_dir / path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"<SQLiteStorage {str(self.path)!r} durability={self.durability}>"
@@ -341,19 +376,21 @@ class SQLiteStorage(Storage):
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
+            self._release_lock()
             raise
         log.info("SQLite storage at %s (durability %s)", self.path, self.durability)
 
     def _open_sync(self) -> sqlite3.Connection:
         self._prepare_files()
         self._inspect()
+        if not self.shared:
+            self._take_lock()
         uri = f"file:{quote(str(self.path))}?mode=rw"
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
         try:
-            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StorageError(f"{self.path}: cannot switch to WAL journal mode ({mode})")
@@ -373,6 +410,29 @@ class SQLiteStorage(Storage):
                 raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
             raise
         return conn
+
+    def _take_lock(self) -> None:
+        """Take the broker's ownership lock, or fail at once if another process holds it."""
+        lock_path = self.path.with_name(self.path.name + LOCK_SUFFIX)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot create {lock_path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(
+                f"SQLite database {self.path} is in use by another process "
+                "(another broker on the same data directory?)"
+            ) from exc
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor releases the flock
 
     def _prepare_files(self) -> None:
         """Create the data directory (0700) and an empty database file (0600) if missing."""
@@ -453,6 +513,13 @@ class SQLiteStorage(Storage):
                 continue
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Read again under the write lock: ``tidemq ctl`` may be migrating too.
+                current = conn.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM tidemq_schema"
+                ).fetchone()[0]
+                if version <= current:
+                    conn.execute("COMMIT")
+                    continue
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute("INSERT INTO tidemq_schema VALUES (?, ?)", (version, time.time()))
@@ -461,9 +528,6 @@ class SQLiteStorage(Storage):
                 conn.execute("ROLLBACK")
                 raise
             log.info("SQLite storage %s migrated to schema version %d", self.path, version)
-        # Take the exclusive lock now, not at the first write (locking_mode=EXCLUSIVE).
-        conn.execute("BEGIN EXCLUSIVE")
-        conn.execute("COMMIT")
 
     async def close(self) -> None:
         executor, conn = self._executor, self._conn
@@ -477,6 +541,7 @@ class SQLiteStorage(Storage):
             except sqlite3.Error as exc:
                 log.warning("closing SQLite database %s: %s", self.path, exc)
         executor.shutdown(wait=True)
+        self._release_lock()
 
     # --- writes --------------------------------------------------------------------------
 
@@ -606,6 +671,48 @@ class SQLiteStorage(Storage):
                 conn.execute("ROLLBACK")
             raise
         return removed
+
+    # --- users and bans ------------------------------------------------------------------
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        # Autocommit: one statement is one transaction.
+        count: int = self._conn_or_fail().execute(sql, params).rowcount
+        return count
+
+    async def get_user(self, username: str) -> UserRecord | None:
+        rows = await self._run(
+            self._select,
+            f"SELECT {_sql.USER_COLUMNS} FROM tidemq_users WHERE username = ?",
+            (username,),
+        )
+        return _sql.user_from_row(rows[0]) if rows else None
+
+    async def put_user(self, record: UserRecord) -> None:
+        await self._run(self._write, _PUT_USER, _sql.user_params(record))
+
+    async def delete_user(self, username: str) -> bool:
+        sql = "DELETE FROM tidemq_users WHERE username = ?"
+        return await self._run(self._write, sql, (username,)) > 0
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._run(
+            self._select, f"SELECT {_sql.USER_COLUMNS} FROM tidemq_users ORDER BY username"
+        )
+        return [_sql.user_from_row(r) for r in rows]
+
+    async def put_ban(self, record: BanRecord) -> None:
+        await self._run(self._write, _PUT_BAN, _sql.ban_params(record))
+
+    async def delete_ban(self, kind: BanKind, value: str) -> bool:
+        sql = "DELETE FROM tidemq_bans WHERE ban_kind = ? AND ban_value = ?"
+        return await self._run(self._write, sql, (kind, value)) > 0
+
+    async def list_bans(self) -> list[BanRecord]:
+        rows = await self._run(
+            self._select,
+            f"SELECT {_sql.BAN_COLUMNS} FROM tidemq_bans ORDER BY ban_kind, ban_value",
+        )
+        return [_sql.ban_from_row(r) for r in rows]
 
 
 def _check_version(path: Path, version: int) -> None:
