@@ -314,6 +314,11 @@ class ClientHandler:
         self._timer_at = 0.0  # CONNECT came: no connect timeout any more
         self.version = version = int(packet.protocol_version)
         self.v5 = version == 5
+        if identity is None and getattr(self.link, "cert_identity_required", False):
+            # cert_as_username: the certificate must name the user; a client whose
+            # certificate names none never falls back to the username it claims.
+            self._refuse(_RC.NOT_AUTHORIZED, "client certificate names no user")
+            return None
         if not self.v5:
             # MQTT 3 announces no Receive Maximum; inbound QoS 2 is bounded by
             # max_awaiting_rel instead, and QoS 1 is acknowledged at once.

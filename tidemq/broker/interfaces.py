@@ -12,7 +12,8 @@ class Link(Protocol):
 
     A TLS link may also carry ``cert_common_name`` (the verified client certificate's CN)
     and ``cert_identity`` (the username its listener's ``cert_as_username`` derives from
-    the certificate); the handler reads both with ``getattr``, so other links need neither.
+    the certificate), and ``cert_identity_required`` (that listener names users by
+    certificate); the handler reads them with ``getattr``, so other links need none.
     """
 
     listener: str

@@ -116,6 +116,9 @@ class StreamConnection(asyncio.Protocol):
         cert_common_name: the CN of the verified client certificate (TLS), else None.
         cert_identity: what replaces the CONNECT username under the listener's
             ``cert_as_username`` (the CN or the RFC 4514 DN), else None.
+        cert_identity_required: the listener's ``cert_as_username`` is ``cn`` or ``dn``:
+            a client whose certificate yields no identity must be refused, never fall
+            back to the username it claims (Mosquitto's use_identity_as_username).
     """
 
     __slots__ = (
@@ -133,6 +136,7 @@ class StreamConnection(asyncio.Protocol):
         "_wrapped",
         "cert_common_name",
         "cert_identity",
+        "cert_identity_required",
         "listener",
         "peer",
         "transport",
@@ -167,6 +171,7 @@ class StreamConnection(asyncio.Protocol):
         self.writing_paused = False
         self.cert_common_name: str | None = None
         self.cert_identity: str | None = None
+        self.cert_identity_required = False
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -395,6 +400,7 @@ class StreamConnection(asyncio.Protocol):
             self.cert_common_name, self.cert_identity = certificate_identity(
                 tls.peer_certificate(), mode
             )
+            self.cert_identity_required = mode != "none"
             self._transport_ready()
         if tls.eof:
             # close_notify from the peer: answer it; what came before it is still delivered.
