@@ -606,6 +606,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _build() -> str:
+    """Which build of tidemq.protocol is measured (README, "Speed-ups")."""
+    return "mypyc build" if mqtt.COMPILED else "pure Python"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.peer_worker:
@@ -623,7 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pids = packet_ids()
     started = dt.datetime.now(dt.UTC)
 
-    log(f"tidemq {_version('tidemq')} (in process, {sys.executable})")
+    log(f"tidemq {_version('tidemq')} ({_build()}, in process, {sys.executable})")
     load_before = _loadavg()
     rows: list[Row] = []
     peer_info: dict[str, Any] = {}
@@ -656,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "tidemq": _version("tidemq"),
+        "tidemq_build": _build(),
         "peers": peer_info,
         "protocol_level": PROTOCOL_LEVEL,
         "copies": copies,
@@ -674,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"TideMQ codec benchmark  {meta['started']}  Python {meta['python']}  "
         f"{meta['platform']}  {meta['cpus']} CPUs"
     )
-    print(f"tidemq {meta['tidemq']}; peers: {versions}")
+    print(f"tidemq {meta['tidemq']} ({meta['tidemq_build']}); peers: {versions}")
     print(
         f"ops/s, best of {_peers.REPEATS}; decode buffer of {copies:,} packets; ÷ = tidemq / peer"
     )

@@ -19,6 +19,10 @@ from typing import Any
 
 from tidemq import __version__
 from tidemq.config import Config, ConfigError, add_arguments, load_config, overrides_from_args
+from tidemq.protocol import COMPILED
+
+# Which build of the protocol package runs: the optional mypyc one (README, "Speed-ups").
+BUILD = "mypyc build" if COMPILED else "pure Python"
 
 log = logging.getLogger("tidemq")
 
@@ -27,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidemq", description="TideMQ: MQTT 3.1/3.1.1/5.0 broker and messaging gateway"
     )
-    parser.add_argument("--version", action="version", version=f"tidemq {__version__}")
+    parser.add_argument("--version", action="version", version=f"tidemq {__version__} ({BUILD})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
@@ -119,7 +123,7 @@ async def serve(config: Config) -> int:
         broker.reload_auth()
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    log.info("tidemq %s running as %s", __version__, config.node.name)
+    log.info("tidemq %s (%s) running as %s", __version__, BUILD, config.node.name)
     await stop.wait()
     log.info("shutting down")
     await broker.stop()

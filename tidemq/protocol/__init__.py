@@ -3,11 +3,15 @@
 This package contains no networking code at all: bytes go in, packets come out, and back.
 It imports only the standard library (never asyncio, socket, ssl or logging), and this
 module is its only supported import path.
+
+``COMPILED`` tells whether the package runs as its optional mypyc build (see the README's
+"Speed-ups" section; ``python -m tidemq.protocol`` prints which modules are compiled). The
+source and the behaviour are the same either way.
 """
 
 from __future__ import annotations
 
-from ._wire import MAX_UTF8_BYTES, MAX_VARINT
+from ._wire import COMPILED, MAX_UTF8_BYTES, MAX_VARINT
 from .codec import (
     DEFAULT_MAX_PACKET_SIZE,
     NEED_DATA,
@@ -101,6 +105,7 @@ __all__ = [
     "CAN_RECEIVE",
     "CAN_SEND",
     "CLIENT_TO_SERVER",
+    "COMPILED",
     "DEFAULT_MAX_PACKET_SIZE",
     "DEFAULT_RECEIVE_MAXIMUM",
     "MAX_UTF8_BYTES",

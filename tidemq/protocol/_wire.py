@@ -9,9 +9,22 @@ the peer lied about a length.
 
 from __future__ import annotations
 
+from types import FunctionType
+from typing import Final
+
 from .errors import LocalProtocolError, MalformedPacket
 
 Buffer = bytes | bytearray
+
+
+def _probe() -> None:
+    """A Python function when this module is interpreted, a C function once compiled."""
+
+
+# True when the package runs as its mypyc build (``TIDEMQ_MYPYC=1 pip install .``, see
+# setup.py, which compiles the modules of tidemq.protocol together).
+COMPILED: Final = not isinstance(_probe, FunctionType)
+
 
 MAX_VARINT = 268_435_455  # four bytes of seven bits, MQTT 5.0 §1.5.5
 MAX_UTF8_BYTES = 65_535  # the two-byte length prefix, MQTT 5.0 §1.5.4

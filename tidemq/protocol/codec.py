@@ -17,8 +17,9 @@ values themselves (topic, payload, ...) are sliced out.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from enum import Enum
-from typing import Final
+from typing import Any, Final
 
 from ._wire import (
     Buffer,
@@ -431,20 +432,14 @@ def _decode_connack(flags: int, buf: Buffer, pos: int, end: int, version: int) -
     return p
 
 
-class _PublishTwin(Packet):
-    """Same slot layout as the frozen ``Publish`` but assignable: the decoder fills one and
-    switches its ``__class__`` to ``Publish``. That costs a third of setting seven fields
-    through ``object.__setattr__`` (measured in bench/codec.py: 540 → 170 ns per packet).
-    """
-
-    __slots__ = Publish.__slots__
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    dup: bool
-    packet_id: int
-    properties: Properties
+# Same slot layout as the frozen ``Publish`` but assignable: the decoder fills one and
+# switches its ``__class__`` to ``Publish``. That costs a third of setting seven fields
+# through ``object.__setattr__`` (measured in bench/codec.py: 540 → 170 ns per packet).
+# Made with type() so that it is a Python class (the layout of Publish's) in the mypyc build
+# too, where a class statement here would become a native class.
+_PublishTwin: Any = type(
+    "_PublishTwin", (Packet,), {"__slots__": tuple(f.name for f in fields(Publish))}
+)
 
 
 _BOOL = (False, True)
@@ -509,8 +504,8 @@ def _decode_publish(flags: int, buf: Buffer, pos: int, end: int, version: int) -
     b.dup = _BOOL[(flags >> 3) & 1]
     b.packet_id = packet_id
     b.properties = props
-    b.__class__ = Publish  # type: ignore[assignment]
-    return b  # type: ignore[return-value]
+    b.__class__ = Publish
+    return b  # type: ignore[no-any-return]
 
 
 def _check_code(code: int, ptype: PacketType) -> None:
@@ -747,8 +742,9 @@ def _decode_body(first: int, buf: Buffer, pos: int, end: int, version: int) -> P
     return decoder(flags, buf, pos, end, version)
 
 
-def decode(data: bytes | bytearray | memoryview, version: int) -> Packet:
-    """Decode exactly one complete packet from *data*.
+def decode(data: bytes | bytearray | memoryview, version: int | None) -> Packet:
+    """Decode exactly one complete packet from *data*; *version* ``None`` for a server
+    before CONNECT (the CONNECT carries its own level).
 
     Raises:
         MalformedPacket: the bytes are not exactly one well-formed packet.

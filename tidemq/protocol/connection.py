@@ -406,11 +406,15 @@ class MQTTConnection:
         topic = None if self._in_aliases is None else self._in_aliases.get(alias)
         if topic is None:
             raise ProtocolViolation(f"unknown topic alias {alias}", rule="[MQTT-3.3.2-8]")
-        resolved: Publish = object.__new__(Publish)
-        for name in Publish.__slots__:
-            object.__setattr__(resolved, name, getattr(packet, name))
-        object.__setattr__(resolved, "topic", topic)
-        return resolved
+        return Publish._trusted(
+            topic,
+            packet.payload,
+            packet.qos,
+            packet.retain,
+            packet.dup,
+            packet.packet_id,
+            packet.properties,
+        )
 
     def _on_puback(self, packet: PubAck) -> Packet:
         if self._outgoing.get(packet.packet_id) is OutgoingState.AWAIT_PUBACK:
