@@ -390,11 +390,15 @@ async def test_delivery_acknowledged_before_the_commit_is_never_written(
     await sub.send(mb.gen_puback(1))
     await sub.send(mb.gen_pingreq())
     await sub.expect(mb.gen_pingresp())  # the PUBACK was handled
-    # A second one stays unacknowledged: it must be written, with its message.
+    # Nothing is left to make durable: the publisher's PUBACK comes while commits hang.
+    await pub.expect(mb.gen_puback(1))
+    # A second one stays unacknowledged: it must be written, with its message, and its
+    # PUBACK waits for that commit.
     await pub.send(mb.gen_publish("durable/b", qos=1, mid=2, payload=b"b"))
     assert await sub.read_packet() == mb.gen_publish("durable/b", qos=1, mid=2, payload=b"b")
+    with pytest.raises(TimeoutError):
+        await pub.read_packet(timeout=0.3)
     storage.gate.set()
-    await pub.expect(mb.gen_puback(1))
     await pub.expect(mb.gen_puback(2))
     assert broker.persistence is not None
     await broker.persistence.drain()

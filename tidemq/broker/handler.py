@@ -70,6 +70,7 @@ from .hooks import (
     SubscriptionEvent,
 )
 from .message import Message
+from .persist import Durable
 from .session import Inflight, Session, SubOptions
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class ClientHandler:
         self._held: list[Packet] | None = None  # packets that arrive during async auth
         self._auth: _EnhancedAuth | None = None
         # Acks waiting for a storage commit, in arrival order: (commit or None, ...).
-        self._acks: deque[tuple[asyncio.Future[None] | None, Publish, int, str]] | None = None
+        self._acks: deque[tuple[Durable | None, Publish, int, str]] | None = None
         # The connect timeout until CONNECT (watched by the core, in arrival order), then
         # the keepalive deadline (the handler is its own timer entry, see ``fire``);
         # 0.0 = none.
@@ -776,12 +777,12 @@ class ClientHandler:
             if persist is not None and persist.wait and persist.pending() != mark:
                 # Durable before acknowledged: the PUBACK/PUBREC waits for the commit of
                 # the writes this PUBLISH caused (docs/storage.md, durability).
-                self._ack_after(persist.commit(), packet, code)
+                self._ack_after(persist.durable_since(mark), packet, code)
             else:
                 self._ack_publish(packet, code)
         return None
 
-    def _ack_after(self, commit: asyncio.Future[None], packet: Publish, code: int) -> None:
+    def _ack_after(self, commit: Durable, packet: Publish, code: int) -> None:
         """Acknowledge *packet* once *commit* is done, after every ack queued before it."""
         acks = self._acks
         if acks is None:
@@ -981,6 +982,10 @@ class ClientHandler:
                 assert persist is not None
                 persist.dequeue(session, item)
             self.send_message(item.message, item.qos, item.retain, item.sub_ids, from_queue=True)
+            if item.seq:
+                persist = self.core.persist
+                assert persist is not None
+                persist._carry = None  # not sent after all (expired, too large): stays due
 
     # --- acknowledgements ------------------------------------------------------------
 

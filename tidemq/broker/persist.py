@@ -28,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from tidemq.protocol import NO_PROPERTIES, RetainHandling, Will
@@ -142,11 +143,58 @@ def _build(op: tuple[Any, ...]) -> Op:
     )
 
 
+class Durable:
+    """What a PUBLISH's acknowledgement waits for: the writes its handling added.
+
+    Done when the batch holding them commits, or earlier when every one of them is
+    cancelled within the batch (each delivery was acknowledged by its subscriber before
+    the commit: nothing is left to make durable). Quacks like the ``asyncio.Future`` the
+    handler's ack queue expects (``done``, ``cancelled``, ``exception``,
+    ``add_done_callback``) without costing a future per PUBLISH.
+    """
+
+    __slots__ = ("_callbacks", "_done", "_error", "count")
+
+    def __init__(self, count: int) -> None:
+        self.count = count  # writes still to be committed or cancelled
+        self._done = False
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Durable], object]] = []
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancelled(self) -> bool:
+        return False
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+    def add_done_callback(self, callback: Callable[[Durable], object]) -> None:
+        if self._done:
+            callback(self)
+        else:
+            self._callbacks.append(callback)
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._error = error
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("acknowledgement callback failed")
+
+
 class Persistence:
     """Writes broker state to *storage* by group commit; restores it with ``restore``."""
 
     __slots__ = (
         "_added",
+        "_carry",
         "_done",
         "_inflight_at",
         "_message_at",
@@ -155,6 +203,8 @@ class Persistence:
         "_purge_entry",
         "_queued_at",
         "_task",
+        "_token_of",
+        "_tokens",
         "available",
         "batches_committed",
         "ids",
@@ -183,6 +233,10 @@ class Persistence:
         self._inflight_at: dict[tuple[str, int], list[int]] = {}  # [fresh, index...]
         self._queued_at: dict[tuple[str, int], int] = {}
         self._message_at: dict[int, list[Any]] = {}  # store id → [index, refs, message]
+        # Durability tokens of this batch, and which token each of its ops belongs to.
+        self._tokens: list[Durable] = []
+        self._token_of: dict[int, Durable] = {}
+        self._carry: Durable | None = None  # a queued delivery's token, moving in flight
         self._done: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._purge_due = False
@@ -191,9 +245,35 @@ class Persistence:
     # --- group commit ----------------------------------------------------------------
 
     def pending(self) -> int:
-        """A counter of writes added (a handler compares it before and after handling a
-        PUBLISH to learn whether its ack must wait for a commit)."""
-        return self._added
+        """Where the batch stands (a handler compares it before and after handling a
+        PUBLISH to learn whether its ack must wait, and passes it to ``durable_since``).
+        Only grows between two commits, which never happen inside a callback."""
+        return len(self._ops)
+
+    def durable_since(self, start: int) -> Durable:
+        """The token of the writes added since ``pending()`` was *start*."""
+        ops = self._ops
+        token = Durable(0)
+        token_of = self._token_of
+        for index in range(start, len(ops)):
+            if ops[index] is not None:
+                token_of[index] = token
+                token.count += 1
+        if token.count:
+            self._tokens.append(token)
+        else:
+            token.resolve()
+        if self._done is None:
+            self.commit()
+        return token
+
+    def _cancelled(self, index: int) -> None:
+        """Op *index* of this batch will not be written: its token may be done."""
+        token = self._token_of.pop(index, None)
+        if token is not None:
+            token.count -= 1
+            if token.count == 0:
+                token.resolve()
 
     def commit(self) -> asyncio.Future[None]:
         """The future of the commit of everything written so far. The commit starts at
@@ -221,6 +301,8 @@ class Persistence:
         self._inflight_at.clear()
         self._queued_at.clear()
         self._message_at.clear()
+        self._token_of.clear()
+        self._carry = None
         batch = WriteBatch()
         out = batch.ops
         for op in ops:
@@ -236,6 +318,7 @@ class Persistence:
         try:
             while self._done is not None or self._purge_due:
                 done = self._done
+                tokens, self._tokens = self._tokens, []
                 batch = self._take_batch()
                 self._done = None
                 error = await self._apply(batch)
@@ -244,6 +327,8 @@ class Persistence:
                         done.set_result(None)
                     else:
                         done.set_exception(error)
+                for token in tokens:
+                    token.resolve(error)
                 if self._purge_due and self._done is None:
                     self._purge_due = False
                     await self._purge()
@@ -392,6 +477,7 @@ class Persistence:
         if found[1] == 0:
             # Nothing of this batch refers to it, and nothing before did: never written.
             self._ops[found[0]] = None
+            self._cancelled(found[0])
             found[2].store_id = 0
             del self._message_at[store_id]
 
@@ -412,6 +498,9 @@ class Persistence:
             op = self._ops[index]
             self._ops[index] = None  # queued and taken in one batch: neither is written
             assert isinstance(op, tuple)
+            # The delivery goes in flight next (put_inflight): its PUBLISH's token follows
+            # it there instead of counting this as done.
+            self._carry = self._token_of.pop(index, None)
             self._unref(op[3])
             return
         self._add(Dequeue(session.client_id, item.seq))
@@ -423,6 +512,10 @@ class Persistence:
         cid = session.client_id
         store_id = self._ref(entry.message)
         index = self._add(("I", cid, packet_id, store_id, entry))
+        carried = self._carry
+        if carried is not None:
+            self._carry = None
+            self._token_of[index] = carried
         key = (cid, packet_id)
         at = self._inflight_at.get(key)
         if at is None:
@@ -439,6 +532,7 @@ class Persistence:
                 op = ops[index]
                 ops[index] = None
                 assert isinstance(op, tuple)
+                self._cancelled(index)
                 self._unref(op[3])
             if at[0]:
                 return  # sent and acknowledged within one batch: nothing to write
