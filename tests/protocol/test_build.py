@@ -1,6 +1,6 @@
 """The pure-Python and the mypyc build of tidemq.protocol (setup.py, TIDEMQ_MYPYC=1) behave
 the same; these tests run under both (.ci/run's second phase installs the compiled build and
-sets TIDEMQ_EXPECT_COMPILED=1, so a build that silently fell back to Python fails)."""
+sets TIDEMQ_TEST_EXPECT_COMPILED=1, so a build that silently fell back to Python fails)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import tidemq.protocol as mqtt
 from tidemq.protocol.__main__ import compiled_modules, main
 
-EXPECT_COMPILED = os.environ.get("TIDEMQ_EXPECT_COMPILED") == "1"
+EXPECT_COMPILED = os.environ.get("TIDEMQ_TEST_EXPECT_COMPILED") == "1"
 
 
 def test_compiled_flag_matches_the_loaded_modules() -> None:
@@ -23,7 +23,7 @@ def test_compiled_flag_matches_the_loaded_modules() -> None:
     assert any(modules.values()) is mqtt.COMPILED
 
 
-@pytest.mark.skipif(not EXPECT_COMPILED, reason="TIDEMQ_EXPECT_COMPILED=1 not set")
+@pytest.mark.skipif(not EXPECT_COMPILED, reason="TIDEMQ_TEST_EXPECT_COMPILED=1 not set")
 def test_compiled_build_is_loaded() -> None:
     assert mqtt.COMPILED
     assert main(["--expect-compiled"]) == 0
