@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -75,20 +76,34 @@ async def refused(port: int, protocol: int, **kwargs: Any) -> int:
 
 def capture_puback(client: Paho) -> queue.Queue[int]:
     """Record the reason code of each PUBACK/PUBCOMP *client* gets from now on (paho
-    reports QoS 0 messages too, as sent: those are left out)."""
+    reports QoS 0 messages too, as sent: those are left out). paho's network thread may
+    report a message before ``publish`` has returned its id here, so a report for an id
+    not known yet waits until ``publish`` says which QoS it had."""
     acks: queue.Queue[int] = queue.Queue()
-    qos0: set[int] = set()
+    qos_of: dict[int, int] = {}
+    early: dict[int, int] = {}
+    lock = threading.Lock()
     publish = client.client.publish
 
     def tracked(*args: Any, **kwargs: Any) -> Any:
         info = publish(*args, **kwargs)
-        if kwargs.get("qos", 0) == 0:
-            qos0.add(info.mid)
+        qos = kwargs.get("qos", args[2] if len(args) > 2 else 0)
+        with lock:
+            qos_of[info.mid] = qos
+            rc = early.pop(info.mid, None)
+        if rc is not None and qos:
+            acks.put(rc)
         return info
 
     def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any = None) -> None:
-        if mid not in qos0:
-            acks.put(int(getattr(rc, "value", rc)))
+        code = int(getattr(rc, "value", rc))
+        with lock:
+            qos = qos_of.get(mid)
+            if qos is None:
+                early[mid] = code
+                return
+        if qos:
+            acks.put(code)
 
     client.client.publish = tracked  # type: ignore[method-assign]
 
