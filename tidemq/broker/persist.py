@@ -201,7 +201,6 @@ class Persistence:
     """Writes broker state to *storage* by group commit; restores it with ``restore``."""
 
     __slots__ = (
-        "_added",
         "_cancelled_share",
         "_carry",
         "_done",
@@ -236,7 +235,6 @@ class Persistence:
         # The batch being collected: storage ops, deferred hot-path entries (tuples, built
         # into records only if still wanted at commit time), or None for cancelled ones.
         self._ops: list[Op | tuple[Any, ...] | None] = []
-        self._added = 0  # writes ever added
         self._first_at = 0.0  # when the batch's first write came (monotonic)
         self._cancelled_share = 0.0  # of the last batch's writes, cancelled before commit
         # Where this batch holds the entries that a later write of the same batch may
@@ -303,7 +301,6 @@ class Persistence:
         if not ops:
             self._first_at = time.monotonic()
         ops.append(op)
-        self._added += 1
         if self._done is None:
             self.commit()
         return len(ops) - 1
