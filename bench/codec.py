@@ -11,8 +11,8 @@ and 1, CONNECT ("bench-client", keepalive 60, clean session, username + password
 SUBSCRIBE ("sensors/+/temp", QoS 1):
 
 * ``decode``: one buffer holding ``--copies`` copies of the packet back to back, decoded the
-  way a connection does it: ``PacketReader.feed(buffer)`` then ``next_packet()`` until
-  ``NEED_DATA`` (``MQTTConnection.receive_data``'s loop).  One op = one packet.
+  way a connection does it: ``PacketReader.feed(buffer)`` then ``read_batch()`` until it
+  returns no packet (``MQTTConnection.receive_data``'s loop).  One op = one packet.
 * ``encode``: build the packet object from its field values (``Publish(...)`` etc., with the
   constructor's validation) and serialise it with ``encode(packet, 4)``; this is the mode of
   the peers' default ``build=True``.
@@ -178,23 +178,22 @@ def _check_fields(pkt: object, want: _peers.PacketFields) -> None:
 
 
 def ours_decode(raw: bytes, copies: int) -> float:
-    """Decode ops/s: ``feed`` a buffer of ``copies`` copies, ``next_packet`` until NEED_DATA."""
+    """Decode ops/s: ``feed`` a buffer of ``copies`` copies, ``read_batch`` until empty."""
     want = _peers.parse_packet(raw)
     buf = raw * copies
-    need_data = mqtt.NEED_DATA
     reader_cls = mqtt.PacketReader
 
     def decode_all(reader: mqtt.PacketReader) -> tuple[int, object]:
         reader.feed(buf)
-        next_packet = reader.next_packet
+        read_batch = reader.read_batch
         done = 0
         last: object = None
         while True:
-            pkt = next_packet()
-            if pkt is need_data:
+            batch = read_batch()
+            if not batch:
                 return done, last
-            last = pkt
-            done += 1
+            last = batch[-1]
+            done += len(batch)
 
     # correctness first: the one-shot decoder, the first packet, then a whole pass
     _check_fields(mqtt.decode(raw, PROTOCOL_LEVEL), want)

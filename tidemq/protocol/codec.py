@@ -780,7 +780,16 @@ class PacketReader:
             fixed header is complete and before the body is buffered.
     """
 
-    __slots__ = ("_buf", "_chunks", "_chunks_len", "_need", "_pos", "max_packet_size", "version")
+    __slots__ = (
+        "_buf",
+        "_chunks",
+        "_chunks_len",
+        "_error",
+        "_need",
+        "_pos",
+        "max_packet_size",
+        "version",
+    )
 
     def __init__(self, version: int | None = None, max_packet_size: int | None = None) -> None:
         self.version = version
@@ -791,6 +800,9 @@ class PacketReader:
         self._chunks: list[bytes] | None = None
         self._chunks_len = 0
         self._need = 0
+        # An error met by ``read_batch`` after it had decoded packets: raised by the next
+        # call, so that the packets before it are handled first, in order.
+        self._error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
@@ -828,6 +840,9 @@ class PacketReader:
         """
         if self._chunks is not None:
             return NEED_DATA
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -898,11 +913,117 @@ class PacketReader:
             return _decode_publish(first & 0x0F, buf, start, end, version)
         return _decode_body(first, buf, start, end, version)
 
+    def read_batch(self) -> list[Packet]:
+        """Decode the buffered run of PUBLISH packets, up to and including the next other packet.
+
+        Returns an empty list when no whole packet is buffered. A batch ends after the first
+        packet that is not a PUBLISH, so the caller sees CONNECT, DISCONNECT and the rest
+        before anything the stream carries after them. Common PUBLISH packets (a topic seen
+        before, no properties) are decoded inline here, without a call per packet; this is
+        the receive path of every connection.
+
+        Raises:
+            The errors of ``next_packet``. An error met after some packets of the batch were
+            decoded is kept and raised by the next call, after the caller handled them.
+        """
+        error = self._error
+        if error is not None:
+            self._error = None
+            raise error
+        out: list[Packet] = []
+        version = self.version
+        if version is None or self._chunks is not None:
+            packet = self.next_packet()
+            if packet is not NEED_DATA:
+                out.append(packet)
+            return out
+        append = out.append
+        cached = _TOPIC_CACHE.get
+        new = _new
+        twin = _PublishTwin
+        publish_cls = Publish
+        no_props = NO_PROPERTIES
+        bools = _BOOL
+        limit = self.max_packet_size
+        v5 = version == V5
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        try:
+            while True:
+                # Inline: PUBLISH with a remaining length of one or two bytes, all buffered.
+                while size - pos >= 2:
+                    first = buf[pos]
+                    if first >> 4 != 3:
+                        break
+                    remaining = buf[pos + 1]
+                    start = pos + 2
+                    if remaining >= 128:
+                        if start >= size or buf[start] >= 128 or not buf[start]:
+                            break  # 3+ length bytes, not buffered yet, or not minimal
+                        remaining = (remaining & 0x7F) | (buf[start] << 7)
+                        start += 1
+                    end = start + remaining
+                    if end > size or end - pos > limit:
+                        break
+                    flags = first & 0x0F
+                    qos = (flags >> 1) & 3
+                    tend = start + 2 + ((buf[start] << 8) | buf[start + 1]) if remaining >= 2 else 0
+                    topic = cached(buf[start + 2 : tend]) if start < tend <= end else None
+                    if not topic or qos == 3 or (flags & 8 and not qos):
+                        # Uncached topic, or a packet to refuse: the full decoder.
+                        append(_decode_publish(flags, buf, start, end, version))
+                        pos = end
+                        continue
+                    packet_id = 0
+                    if qos:
+                        if tend + 2 > end:
+                            break
+                        packet_id = (buf[tend] << 8) | buf[tend + 1]
+                        if not packet_id:
+                            break
+                        tend += 2
+                    if v5:
+                        if tend >= end or buf[tend]:
+                            append(_decode_publish(flags, buf, start, end, version))
+                            pos = end
+                            continue
+                        tend += 1
+                    b = new(twin)
+                    b.topic = topic
+                    b.payload = buf[tend:end]
+                    b.qos = qos
+                    b.retain = bools[flags & 1]
+                    b.dup = bools[(flags >> 3) & 1]
+                    b.packet_id = packet_id
+                    b.properties = no_props
+                    b.__class__ = publish_cls
+                    append(b)
+                    pos = end
+                # Anything else (another packet type, a long or partial packet, a bad
+                # packet id): one packet the general way.
+                self._pos = pos
+                packet = self.next_packet()
+                if packet is NEED_DATA:
+                    return out
+                append(packet)
+                if type(packet) is not publish_cls or self._chunks is not None:
+                    return out
+                pos = self._pos
+                buf = self._buf
+                size = len(buf)
+        except RemoteProtocolError as exc:
+            # The stream is unusable from here: the connection closes after this error.
+            if not out:
+                raise
+            self._error = exc
+            return out
+
     def read_all(self) -> list[Packet]:
         """Return every complete packet buffered (possibly none)."""
         out: list[Packet] = []
         while True:
-            packet = self.next_packet()
-            if packet is NEED_DATA:
+            batch = self.read_batch()
+            if not batch:
                 return out
-            out.append(packet)
+            out.extend(batch)

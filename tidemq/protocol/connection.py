@@ -28,7 +28,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Final
 
-from .codec import NEED_DATA, PacketReader, encode
+from .codec import PacketReader, encode
 from .enums import PacketType, ProtocolVersion, Role
 from .errors import (
     LocalProtocolError,
@@ -265,22 +265,30 @@ class MQTTConnection:
         out: list[Packet] = []
         try:
             while True:
-                packet = reader.next_packet()
-                if packet is NEED_DATA:
+                # A batch is a run of PUBLISH packets ending with at most one other packet,
+                # so a state change (CONNECT, DISCONNECT) is seen before what follows it.
+                batch = reader.read_batch()
+                if not batch:
                     return out
-                if type(packet) is Publish and self.state is _S.CONNECTED:
-                    publish = self._on_publish(packet)
-                    if publish is not None:
-                        out.append(publish)
-                    continue
-                handled = self._on_packet(packet)
-                if handled is not None:
-                    out.append(handled)
-                # DISCONNECT or a failing CONNACK ends the conversation: whatever the same
-                # chunk carries after it is ignored, as in a later call. (mypy still holds
-                # the narrowing from the check at the top; _on_packet changed the state.)
-                if self.state is _S.CLOSED:  # type: ignore[comparison-overlap]
-                    return out
+                for packet in batch:
+                    if type(packet) is Publish and self.state is _S.CONNECTED:
+                        # The common case inline: QoS 0 without properties.
+                        if packet.qos or packet.properties is not NO_PROPERTIES:
+                            publish = self._on_publish(packet)
+                            if publish is not None:
+                                out.append(publish)
+                        else:
+                            out.append(packet)
+                        continue
+                    handled = self._on_packet(packet)
+                    if handled is not None:
+                        out.append(handled)
+                    # DISCONNECT or a failing CONNACK ends the conversation: whatever the
+                    # same chunk carries after it is ignored, as in a later call. (mypy
+                    # still holds the narrowing from the check at the top; _on_packet
+                    # changed the state.)
+                    if self.state is _S.CLOSED:  # type: ignore[comparison-overlap]
+                        return out
         except RemoteProtocolError as exc:
             self._fail(exc)
             raise
