@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from tests import mqttbytes as mb
 from tidemq.protocol import (
     NEED_DATA,
+    ConnAck,
+    Connect,
     Disconnect,
     Packet,
     PacketReader,
@@ -66,8 +68,8 @@ def _by_batch(version: int | None, chunks: list[bytes]) -> Outcome:
                 return out, type(exc)
             if not batch:
                 break
-            # A batch is PUBLISH packets, then at most one other packet, last.
-            assert all(type(p) is Publish for p in batch[:-1])
+            # CONNECT, CONNACK and DISCONNECT end a batch.
+            assert not any(type(p) in (Connect, ConnAck, Disconnect) for p in batch[:-1])
             out.extend(batch)
     return out, None
 
@@ -133,7 +135,7 @@ def test_batch_matches_next_packet_on_garbage(version: int | None, data: bytes) 
     assert _by_batch(version, [data]) == _by_next_packet(version, [data])
 
 
-def test_batch_stops_after_the_first_other_packet() -> None:
+def test_batch_ends_after_disconnect() -> None:
     pub = mb.gen_publish("t", payload=b"1")
     reader = PacketReader(4)
     reader.feed(pub * 3 + mb.gen_disconnect() + pub)
@@ -142,6 +144,18 @@ def test_batch_stops_after_the_first_other_packet() -> None:
     assert [type(p) for p in reader.read_batch()] == [Publish]
     assert reader.read_batch() == []
     assert reader.buffered == 0
+
+
+def test_batch_ends_after_connect_and_connack() -> None:
+    reader = PacketReader(None)
+    reader.feed(mb.gen_connect("c", proto_ver=5) + mb.gen_pingreq())
+    assert [type(p) for p in reader.read_batch()] == [Connect]
+    assert reader.version == 5
+    assert [type(p) for p in reader.read_batch()] == [PingReq]
+    client = PacketReader(4)
+    client.feed(mb.gen_connack(rc=0) + mb.gen_publish("t"))
+    assert [type(p) for p in client.read_batch()] == [ConnAck]
+    assert [type(p) for p in client.read_batch()] == [Publish]
 
 
 def test_error_after_good_packets_is_raised_by_the_next_call() -> None:

@@ -770,6 +770,10 @@ def _peek_level(buf: Buffer, start: int, end: int) -> int | None:
     return None
 
 
+# Packets after which a batch ends: what follows them is read only once they are handled.
+_BATCH_ENDS: Final = frozenset({Connect, ConnAck, Disconnect})
+
+
 class PacketReader:
     """Incremental framer and decoder for one byte stream.
 
@@ -914,11 +918,12 @@ class PacketReader:
         return _decode_body(first, buf, start, end, version)
 
     def read_batch(self) -> list[Packet]:
-        """Decode the buffered run of PUBLISH packets, up to and including the next other packet.
+        """Decode the complete packets buffered, up to and including the next CONNECT,
+        CONNACK or DISCONNECT.
 
-        Returns an empty list when no whole packet is buffered. A batch ends after the first
-        packet that is not a PUBLISH, so the caller sees CONNECT, DISCONNECT and the rest
-        before anything the stream carries after them. Common PUBLISH packets (a topic seen
+        Returns an empty list when no whole packet is buffered. A batch ends after a packet
+        that changes the conversation (CONNECT, CONNACK, DISCONNECT), so the caller acts on
+        it before anything the stream carries after it. Common PUBLISH packets (a topic seen
         before, no properties) are decoded inline here, without a call per packet; this is
         the receive path of every connection.
 
@@ -1001,13 +1006,13 @@ class PacketReader:
                     append(b)
                     pos = end
                 # Anything else (another packet type, a long or partial packet, a bad
-                # packet id): one packet the general way.
+                # packet id): one packet the general way, then on with the batch.
                 self._pos = pos
                 packet = self.next_packet()
                 if packet is NEED_DATA:
                     return out
                 append(packet)
-                if type(packet) is not publish_cls or self._chunks is not None:
+                if type(packet) in _BATCH_ENDS:
                     return out
                 pos = self._pos
                 buf = self._buf

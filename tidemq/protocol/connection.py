@@ -265,8 +265,8 @@ class MQTTConnection:
         out: list[Packet] = []
         try:
             while True:
-                # A batch is a run of PUBLISH packets ending with at most one other packet,
-                # so a state change (CONNECT, DISCONNECT) is seen before what follows it.
+                # A batch ends with any CONNECT, CONNACK or DISCONNECT it holds, so the state
+                # change is made before what follows them is read.
                 batch = reader.read_batch()
                 if not batch:
                     return out
