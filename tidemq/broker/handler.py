@@ -663,12 +663,12 @@ class ClientHandler:
             )
             self._write(head + pid.to_bytes(2, "big") + tail)
         for pid in stale:
-            del session.inflight[pid]
+            gone = session.inflight.pop(pid)
             self.core.stats.messages_expired += 1
             if session.persistent:
                 persist = self.core.persist
                 assert persist is not None
-                persist.delete_inflight(session, pid)
+                persist.delete_inflight(session, pid, gone)
         self._drain_queue()
 
     def retry_inflight(self, now: float) -> None:
@@ -1000,7 +1000,7 @@ class ClientHandler:
         if session.persistent:
             persist = self.core.persist
             assert persist is not None
-            persist.delete_inflight(session, packet_id)
+            persist.delete_inflight(session, packet_id, entry)
         hooks = self.core.hooks
         if hooks.has(HookPoint.MESSAGE_ACKED):
             hooks.notify(HookPoint.MESSAGE_ACKED, _to_event(entry.message, self.client_id))

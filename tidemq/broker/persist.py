@@ -105,11 +105,10 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _build(op: tuple[Any, ...]) -> Op:
+def _build(op: tuple[Any, ...], store_id: int) -> Op:
     """A deferred hot-path write as a storage op (at commit time, if still wanted)."""
-    kind = op[0]
-    if kind == "I":
-        _, cid, packet_id, store_id, entry = op
+    if op[0] == "I":
+        _, cid, packet_id, entry = op
         return PutInflight(
             InflightRecord(
                 client_id=cid,
@@ -122,19 +121,20 @@ def _build(op: tuple[Any, ...]) -> Op:
                 seq=entry.seq,
             )
         )
-    if kind == "Q":
-        _, cid, seq, store_id, qos, retain, sub_ids = op
-        return Enqueue(
-            QueuedRecord(
-                client_id=cid,
-                seq=seq,
-                message_id=store_id,
-                qos=qos,
-                retain=retain,
-                sub_ids=sub_ids,
-            )
+    _, cid, item = op
+    return Enqueue(
+        QueuedRecord(
+            client_id=cid,
+            seq=item.seq,
+            message_id=store_id,
+            qos=item.qos,
+            retain=item.retain,
+            sub_ids=item.sub_ids,
         )
-    _, message, store_id = op
+    )
+
+
+def _message_op(message: Message, store_id: int) -> Op:
     props = message.properties
     return PutMessage(
         MessageRecord(
@@ -206,7 +206,6 @@ class Persistence:
         "_done",
         "_first_at",
         "_inflight_at",
-        "_message_at",
         "_ops",
         "_purge_due",
         "_purge_entry",
@@ -239,10 +238,12 @@ class Persistence:
         self._cancelled_share = 0.0  # of the last batch's writes, cancelled before commit
         # Where this batch holds the entries that a later write of the same batch may
         # cancel: a delivery acknowledged before its first write is committed is never
-        # written at all (nor its message, when nothing else of the batch needs it).
-        self._inflight_at: dict[tuple[str, int], list[int]] = {}  # [fresh, index...]
-        self._queued_at: dict[tuple[str, int], int] = {}
-        self._message_at: dict[int, list[Any]] = {}  # store id → [index, refs, message]
+        # written at all. Keyed by the in-flight entry or queued item itself (identity).
+        # A message is written to the message store only with the first of its
+        # references that survives to a commit (``_take_batch``), so a message whose
+        # deliveries were all acknowledged in time costs nothing here.
+        self._inflight_at: dict[Inflight, list[Any]] = {}  # [fresh, index...]
+        self._queued_at: dict[QueuedDelivery, int] = {}
         # Durability tokens of this batch, and which token each of its ops belongs to.
         self._tokens: list[Durable] = []
         self._token_of: dict[int, Durable] = {}
@@ -311,18 +312,24 @@ class Persistence:
         self._ops = []
         self._inflight_at.clear()
         self._queued_at.clear()
-        self._message_at.clear()
         self._token_of.clear()
         self._carry = None
         batch = WriteBatch()
         out = batch.ops
         cancelled = 0
+        ids = self.ids
         for op in ops:
             if op is None:
                 cancelled += 1
                 continue
             if op.__class__ is tuple:
-                out.append(_build(op))
+                message = op[-1].message
+                store_id = message.store_id
+                if not store_id:
+                    # First reference to reach a commit: the message goes just before it.
+                    store_id = message.store_id = ids.next()
+                    out.append(_message_op(message, store_id))
+                out.append(_build(op, store_id))
             else:
                 out.append(op)  # type: ignore[arg-type]
         self._cancelled_share = cancelled / len(ops) if ops else 0.0
@@ -478,52 +485,19 @@ class Persistence:
     def delete_subscription(self, session: Session, topic_filter: str) -> None:
         self._add(DeleteSubscription(session.client_id, topic_filter))
 
-    def _ref(self, message: Message) -> int:
-        """The message's id in the message store, writing it with its first reference."""
-        store_id = message.store_id
-        if store_id:
-            found = self._message_at.get(store_id)
-            if found is not None:
-                found[1] += 1  # one more reference within this batch
-            return store_id
-        store_id = message.store_id = self.ids.next()
-        index = self._add(("M", message, store_id))
-        self._message_at[store_id] = [index, 1, message]
-        return store_id
-
-    def _unref(self, store_id: int) -> None:
-        found = self._message_at.get(store_id)
-        if found is None:
-            return
-        found[1] -= 1
-        if found[1] == 0:
-            # Nothing of this batch refers to it, and nothing before did: never written.
-            self._ops[found[0]] = None
-            self._cancelled(found[0])
-            found[2].store_id = 0
-            del self._message_at[store_id]
-
     def enqueue(self, session: Session, item: QueuedDelivery) -> None:
-        seq = session.seq = session.seq + 1
-        item.seq = seq
-        cid = session.client_id
-        store_id = self._ref(item.message)
-        index = self._add(("Q", cid, seq, store_id, item.qos, item.retain, item.sub_ids))
-        self._queued_at[(cid, seq)] = index
+        item.seq = session.seq = session.seq + 1
+        self._queued_at[item] = self._add(("Q", session.client_id, item))
 
     def dequeue(self, session: Session, item: QueuedDelivery) -> None:
         if not item.seq:
             return
-        key = (session.client_id, item.seq)
-        index = self._queued_at.pop(key, None)
+        index = self._queued_at.pop(item, None)
         if index is not None:
-            op = self._ops[index]
             self._ops[index] = None  # queued and taken in one batch: neither is written
-            assert isinstance(op, tuple)
             # The delivery goes in flight next (put_inflight): its PUBLISH's token follows
             # it there instead of counting this as done.
             self._carry = self._token_of.pop(index, None)
-            self._unref(op[3])
             return
         self._add(Dequeue(session.client_id, item.seq))
 
@@ -531,34 +505,28 @@ class Persistence:
         fresh = not entry.seq
         if fresh:
             entry.seq = session.seq = session.seq + 1
-        cid = session.client_id
-        store_id = self._ref(entry.message)
-        index = self._add(("I", cid, packet_id, store_id, entry))
+        index = self._add(("I", session.client_id, packet_id, entry))
         carried = self._carry
         if carried is not None:
             self._carry = None
             self._token_of[index] = carried
-        key = (cid, packet_id)
-        at = self._inflight_at.get(key)
+        at = self._inflight_at.get(entry)
         if at is None:
-            self._inflight_at[key] = [fresh, index]
+            self._inflight_at[entry] = [fresh, index]
         else:
             at.append(index)
 
-    def delete_inflight(self, session: Session, packet_id: int) -> None:
-        cid = session.client_id
-        at = self._inflight_at.pop((cid, packet_id), None)
+    def delete_inflight(self, session: Session, packet_id: int, entry: Inflight) -> None:
+        """*entry*, in flight as *packet_id*, is done (or dropped)."""
+        at = self._inflight_at.pop(entry, None)
         if at is not None:
             ops = self._ops
             for index in at[1:]:
-                op = ops[index]
                 ops[index] = None
-                assert isinstance(op, tuple)
                 self._cancelled(index)
-                self._unref(op[3])
             if at[0]:
                 return  # sent and acknowledged within one batch: nothing to write
-        self._add(DeleteInflight(cid, packet_id))
+        self._add(DeleteInflight(session.client_id, packet_id))
 
     def put_incoming_qos2(self, session: Session, packet_id: int) -> None:
         self._add(
