@@ -262,7 +262,10 @@ class WebSocketConnection(StreamConnection):
         if not limit or limit > FAST_FRAME_MAX:
             limit = FAST_FRAME_MAX
         pos = 0
+        # Masked payloads of the binary frames and their masks, unmasked together below:
+        # one big-integer XOR per read instead of one per frame.
         payloads: list[bytes] = []
+        masks: list[bytes] = []
         handover = False
         while size - pos >= 2:
             b0 = buf[pos]
@@ -290,10 +293,13 @@ class WebSocketConnection(StreamConnection):
             end = start + length
             if end > size:
                 break  # wait for the rest of this frame
-            payload = _unmask(buf[start:end], buf[start - 4 : start])
             if b0 == 0x82:
-                payloads.append(payload)
+                if length:
+                    payloads.append(buf[start:end])
+                    key = buf[start - 4 : start]
+                    masks.append(key * (length >> 2) + key[: length & 3])
             elif b0 == 0x89:
+                payload = _unmask(buf[start:end], buf[start - 4 : start])
                 self._send(ws.send(Ping(payload=payload).response()))
             pos = end
         rest = buf[pos:]
@@ -301,7 +307,16 @@ class WebSocketConnection(StreamConnection):
         if payloads:
             handler = self._handler
             if handler is not None:
-                handler.data_received(payloads[0] if len(payloads) == 1 else b"".join(payloads))
+                if len(payloads) == 1:
+                    masked, mask = payloads[0], masks[0]
+                else:
+                    masked, mask = b"".join(payloads), b"".join(masks)
+                n = len(masked)
+                handler.data_received(
+                    (int.from_bytes(masked, "little") ^ int.from_bytes(mask, "little")).to_bytes(
+                        n, "little"
+                    )
+                )
         if handover and not self._closing:
             self._fast_in = False
             ws.receive_data(rest)
