@@ -412,3 +412,42 @@ async def test_delivery_acknowledged_before_the_commit_is_never_written(
     assert len(storage.messages) == 1
     await pub.close()
     await sub.close()
+
+
+async def test_message_is_stored_once_with_its_surviving_delivery(
+    gated: tuple[Broker, GatedStorage],
+) -> None:
+    """Two persistent subscribers, one acknowledges before the commit: the message is
+    written once, referenced by the other's in-flight entry, and nothing of the first."""
+    broker, storage = gated
+    subs = []
+    for name in ("c-one", "c-two"):
+        sub, _ = await connect(broker.port, name, clean=False)
+        await sub.send(mb.gen_subscribe_one(1, "both/#", 1))
+        await sub.expect(mb.gen_suback(1, [1]))
+        subs.append(sub)
+    one, two = subs
+    storage.gate.clear()
+    await one.send(mb.gen_subscribe_one(2, "hold/#", 1))  # a commit that hangs at the gate
+    await one.expect(mb.gen_suback(2, [1]))
+    pub, _ = await connect(broker.port, "c-pub2")
+    await pub.send(mb.gen_publish("both/x", qos=1, mid=1, payload=b"x"))
+    for sub in subs:
+        assert await sub.read_packet() == mb.gen_publish("both/x", qos=1, mid=1, payload=b"x")
+    await one.send(mb.gen_puback(1))
+    await one.send(mb.gen_pingreq())
+    await one.expect(mb.gen_pingresp())
+    with pytest.raises(TimeoutError):
+        await pub.read_packet(timeout=0.3)  # c-two's delivery is still to be made durable
+    storage.gate.set()
+    await pub.expect(mb.gen_puback(1))
+    assert broker.persistence is not None
+    await broker.persistence.drain()
+    assert await storage.load_inflight("c-one") == []
+    inflight = await storage.load_inflight("c-two")
+    assert [r.packet_id for r in inflight] == [1]
+    stored = await storage.get_messages([inflight[0].message_id])
+    assert [m.payload for m in stored.values()] == [b"x"]
+    assert len(storage.messages) == 1
+    for client in (pub, one, two):
+        await client.close()
