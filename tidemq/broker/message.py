@@ -25,6 +25,7 @@ _monotonic = time.monotonic
 
 class Message:
     __slots__ = (
+        "_first",
         "_topic_b",
         "_variants",
         "expires_at",
@@ -57,7 +58,13 @@ class Message:
         self.expires_at = expires_at  # time.monotonic() deadline, None = never
         self._topic_b: bytes | None = None
         self.store_id = 0  # its id in the message store once persisted (0: not stored)
-        self._variants: dict[tuple[bool, int, bool, tuple[int, ...]], tuple[bytes, bytes]] = {}
+        # The first wire variant built (most messages have one receiver, or receivers
+        # alike): (v5, qos, retain, sub_ids, parts), checked without building a key.
+        # Further variants go to a dict made when needed.
+        self._first: tuple[bool, int, bool, tuple[int, ...], tuple[bytes, bytes]] | None = None
+        self._variants: (
+            dict[tuple[bool, int, bool, tuple[int, ...]], tuple[bytes, bytes]] | None
+        ) = None
 
     @classmethod
     def from_publish_properties(
@@ -102,16 +109,26 @@ class Message:
         QoS 0: ``head + tail``; QoS 1/2: ``head + packet_id + tail``. Shared by every
         receiver of the variant unless the message carries an expiry interval.
         """
-        key = (v5, qos, retain, sub_ids)
-        parts = self._variants.get(key)
-        if parts is not None:
-            return parts
+        first = self._first
+        if first is not None:
+            if first[0] == v5 and first[1] == qos and first[2] == retain and first[3] == sub_ids:
+                return first[4]
+            variants = self._variants
+            if variants is not None:
+                parts = variants.get((v5, qos, retain, sub_ids))
+                if parts is not None:
+                    return parts
         props = b""
         if v5:
             props = self.properties_for(sub_ids)
         parts = encode_publish_parts(self.topic_bytes, self.payload, qos, retain, False, props)
         if self.expires_at is None:
-            self._variants[key] = parts
+            if first is None:
+                self._first = (v5, qos, retain, sub_ids, parts)
+            else:
+                if self._variants is None:
+                    self._variants = {}
+                self._variants[(v5, qos, retain, sub_ids)] = parts
         return parts
 
     def properties_for(self, sub_ids: tuple[int, ...], topic_alias: int | None = None) -> bytes:
