@@ -9,7 +9,7 @@ from tests import mqttbytes as mb
 from tests.broker.conftest import MakeRaw
 from tests.helpers.paho import V5, V311, connect
 from tidemq.broker import Decision, HookPoint, MessageEvent
-from tidemq.broker.hooks import PublishAuthEvent, SubscribeAuthEvent
+from tidemq.broker.hooks import Hooks, PublishAuthEvent, SubscribeAuthEvent
 from tidemq.testing import RunningBroker
 
 
@@ -149,3 +149,18 @@ async def test_denied_will_is_not_published(broker: RunningBroker, asynchronous:
     assert msg.topic == "will/allowed"
     await watcher.no_message(0.3)
     await watcher.disconnect()
+
+
+def test_active_points_follow_register_and_unregister() -> None:
+    hooks = Hooks()
+    assert not hooks.active
+    first = hooks.register(HookPoint.MESSAGE_PUBLISH, lambda event: event)
+    second = hooks.register(HookPoint.MESSAGE_PUBLISH, lambda event: event)
+    assert hooks.active == {HookPoint.MESSAGE_PUBLISH}
+    assert hooks.has(HookPoint.MESSAGE_PUBLISH)
+    first()
+    assert HookPoint.MESSAGE_PUBLISH in hooks.active  # one callback is left
+    second()
+    second()  # a second call is harmless
+    assert not hooks.active
+    assert not hooks.has(HookPoint.MESSAGE_PUBLISH)

@@ -723,7 +723,7 @@ class ClientHandler:
             )
             return None
         hooks = core.hooks
-        if decided is None and not self.superuser and hooks.has(HookPoint.AUTHORIZE_PUBLISH):
+        if decided is None and not self.superuser and _AUTHORIZE_PUBLISH in hooks.active:
             answer = self.authorize_publish(topic, qos, packet.retain)
             if answer.__class__ is not Decision:
                 self._held = []
@@ -761,7 +761,7 @@ class ClientHandler:
             limit = time.monotonic() + cap
             if message.expires_at is None or message.expires_at > limit:
                 message.expires_at = limit
-        if hooks.has(HookPoint.MESSAGE_PUBLISH):
+        if _MESSAGE_PUBLISH in hooks.active:
             event = hooks.transform(HookPoint.MESSAGE_PUBLISH, _to_event(message))
             if event is None:
                 self._ack_publish(packet, 0)
@@ -932,7 +932,7 @@ class ClientHandler:
                 persist.put_inflight(session, pid, entry)
             self._write(head + pid.to_bytes(2, "big") + tail)
             core.stats.publish_sent += 1
-        if core.hooks.has(HookPoint.MESSAGE_DELIVERED):
+        if _MESSAGE_DELIVERED in core.hooks.active:
             core.hooks.notify(HookPoint.MESSAGE_DELIVERED, _to_event(message, self.client_id))
 
     def _aliased(
@@ -1239,6 +1239,10 @@ class ClientHandler:
 
 
 _HOLD = object()
+# Hook points checked for every message (``point in hooks.active``).
+_AUTHORIZE_PUBLISH = HookPoint.AUTHORIZE_PUBLISH
+_MESSAGE_PUBLISH = HookPoint.MESSAGE_PUBLISH
+_MESSAGE_DELIVERED = HookPoint.MESSAGE_DELIVERED
 
 
 class _EnhancedAuth:

@@ -171,6 +171,9 @@ class Hooks:
         self._callbacks: dict[HookPoint, list[tuple[int, str, Callback]]] = {
             point: [] for point in HookPoint
         }
+        #: The points with at least one callback: the per-message checks test membership
+        #: here (``point in hooks.active``) instead of calling ``has``.
+        self.active: frozenset[HookPoint] = frozenset()
 
     def register(
         self, point: HookPoint, callback: Callback, *, priority: int = 0, name: str = ""
@@ -180,10 +183,13 @@ class Hooks:
         chain = self._callbacks[point]
         chain.append(entry)
         chain.sort(key=lambda e: -e[0])
+        self.active = self.active | {point}
 
         def unregister() -> None:
             if entry in chain:
                 chain.remove(entry)
+                if not chain:
+                    self.active = self.active - {point}
 
         return unregister
 
