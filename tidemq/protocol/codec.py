@@ -16,6 +16,7 @@ values themselves (topic, payload, ...) are sliced out.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import fields
 from enum import Enum
@@ -194,6 +195,10 @@ def _encode_publish(p: Publish, version: int) -> bytes:
     return head + tail
 
 
+# Fixed header with a one-byte remaining length, then the topic length: the common head.
+_SHORT_PUBLISH_HEAD: Final = struct.Struct(">BBH").pack
+
+
 def encode_publish_parts(
     topic: bytes,
     payload: bytes,
@@ -213,7 +218,7 @@ def encode_publish_parts(
     tlen = len(topic)
     remaining = 2 + tlen + (2 if qos else 0) + len(properties) + len(payload)
     if remaining < 128:
-        head = bytes((first, remaining, tlen >> 8, tlen & 0xFF)) + topic
+        head = _SHORT_PUBLISH_HEAD(first, remaining, tlen) + topic
     else:
         head = bytes((first,)) + varint(remaining) + bytes((tlen >> 8, tlen & 0xFF)) + topic
     if properties:
