@@ -68,6 +68,9 @@ class BrokerCore:
         self.tree: TopicTree[Session, SubOptions] = TopicTree()
         self.retained: RetainedTree[Message] = RetainedTree()
         self.closing = False
+        # Topic names a client may publish to (not $SYS, within max_topic_levels), as
+        # checked before: most traffic repeats a few topics. Bounded, cleared when full.
+        self.publishable: set[str] = set()
         self._sticky: dict[tuple[str, str], Session] = {}
         self._sweep = self.scheduler.call_later(settings.sweep_interval, self._sweep_expired)
         self.sys_publisher: Callable[[], None] | None = None

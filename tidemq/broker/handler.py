@@ -706,11 +706,17 @@ class ClientHandler:
         if packet.retain and not settings.retain_available:
             self.disconnect(_RC.RETAIN_NOT_SUPPORTED, "retain not available")  # [MQTT-3.2.2-14]
             return None
-        if topic.startswith("$SYS") or topic.count("/") >= settings.max_topic_levels:
-            # Clients may not publish to $SYS (Mosquitto and EMQX drop these), and topics
-            # deeper than the limit are refused.
-            self._ack_publish(packet, _RC.TOPIC_NAME_INVALID if self.v5 else 0, "topic not allowed")
-            return None
+        if topic not in core.publishable:
+            if topic.startswith("$SYS") or topic.count("/") >= settings.max_topic_levels:
+                # Clients may not publish to $SYS (Mosquitto and EMQX drop these), and
+                # topics deeper than the limit are refused.
+                self._ack_publish(
+                    packet, _RC.TOPIC_NAME_INVALID if self.v5 else 0, "topic not allowed"
+                )
+                return None
+            if len(core.publishable) >= _PUBLISHABLE_CACHE:
+                core.publishable.clear()
+            core.publishable.add(topic)
         props = packet.properties
         if (
             props is not NO_PROPERTIES
@@ -753,9 +759,12 @@ class ClientHandler:
             mark = persist.pending()
             if qos == 2 and session.persistent:
                 persist.put_incoming_qos2(session, packet.packet_id)
-        message = Message.from_publish_properties(
-            topic, packet.payload, qos, packet.retain, props, self.client_id
-        )
+        if props is NO_PROPERTIES:
+            message = Message(topic, packet.payload, qos, packet.retain, props, self.client_id)
+        else:
+            message = Message.from_publish_properties(
+                topic, packet.payload, qos, packet.retain, props, self.client_id
+            )
         cap = settings.message_expiry_max
         if cap:
             limit = time.monotonic() + cap
@@ -1239,6 +1248,8 @@ class ClientHandler:
 
 
 _HOLD = object()
+# Most topic names remembered as allowed for PUBLISH (``BrokerCore.publishable``).
+_PUBLISHABLE_CACHE = 4096
 # Hook points checked for every message (``point in hooks.active``).
 _AUTHORIZE_PUBLISH = HookPoint.AUTHORIZE_PUBLISH
 _MESSAGE_PUBLISH = HookPoint.MESSAGE_PUBLISH
