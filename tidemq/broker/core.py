@@ -132,13 +132,13 @@ class BrokerCore:
                 session, opts = plain[0]
                 if not (opts.no_local and session is sender):
                     sub_ids = () if opts.subscription_id is None else (opts.subscription_id,)
-                    self.deliver(
-                        session,
-                        message,
-                        opts.qos if opts.qos < message.qos else message.qos,
-                        message.retain and opts.retain_as_published,
-                        sub_ids,
-                    )
+                    qos = opts.qos if opts.qos < message.qos else message.qos
+                    retain = message.retain and opts.retain_as_published
+                    handler = session.handler  # ``deliver``, inline for the common case
+                    if handler is not None and handler.ready:
+                        handler.send_message(message, qos, retain, sub_ids)
+                    else:
+                        self.enqueue(session, message, qos, retain, sub_ids)
                     count = 1
             else:
                 count = self._publish_merged(plain, message, sender)

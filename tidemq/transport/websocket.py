@@ -297,7 +297,7 @@ class WebSocketConnection(StreamConnection):
                 if length:
                     payloads.append(buf[start:end])
                     key = buf[start - 4 : start]
-                    masks.append(key * (length >> 2) + key[: length & 3])
+                    masks.append((key * ((length >> 2) + 1))[:length])
             elif b0 == 0x89:
                 payload = _unmask(buf[start:end], buf[start - 4 : start])
                 self._send(ws.send(Ping(payload=payload).response()))
