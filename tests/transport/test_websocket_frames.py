@@ -189,6 +189,20 @@ async def test_large_frames_go_through_wsproto() -> None:
     assert not conn._fast_in
 
 
+@pytest.mark.parametrize("size", [50, 51])
+async def test_short_frame_over_a_small_limit_is_refused(size: int) -> None:
+    conn, handler, transport = await upgraded(max_frame_size=50)
+    feed(conn, frame(BINARY, b"s" * 10) + frame(BINARY, b"z" * size), [])
+    if size <= 50:
+        assert bytes(handler.data) == b"s" * 10 + b"z" * size
+        assert not transport.closed
+    else:
+        assert bytes(handler.data) == b"s" * 10
+        (opcode, payload), *_ = server_frames(bytes(transport.out))
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (0x8, 1009)
+        assert transport.closed
+
+
 @pytest.mark.parametrize("size", [1024, 1025])
 async def test_frame_size_limit_in_either_path(size: int) -> None:
     conn, handler, transport = await upgraded(max_frame_size=1024)
