@@ -9,6 +9,8 @@ then mutate them (flags, lengths, packet ids, topic bytes) so that it meets bad 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,38 +42,43 @@ _SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[Hea
 Outcome = tuple[list[Packet], type[RemoteProtocolError] | None]
 
 
-def _by_next_packet(version: int | None, chunks: list[bytes]) -> Outcome:
+def _read_all(
+    version: int | None, chunks: list[bytes], take: Callable[[PacketReader], list[Packet]]
+) -> Outcome:
+    """Feed *chunks* one by one, taking packets with *take* until it returns none."""
     reader = PacketReader(version)
     out: list[Packet] = []
     for chunk in chunks:
         reader.feed(chunk)
         while True:
             try:
-                packet = reader.next_packet()
+                got = take(reader)
             except RemoteProtocolError as exc:
                 return out, type(exc)
-            if packet is NEED_DATA:
+            if not got:
                 break
-            out.append(packet)
+            out.extend(got)
     return out, None
+
+
+def _one(reader: PacketReader) -> list[Packet]:
+    packet = reader.next_packet()
+    return [] if packet is NEED_DATA else [packet]
+
+
+def _batch(reader: PacketReader) -> list[Packet]:
+    batch = reader.read_batch()
+    # CONNECT, CONNACK and DISCONNECT end a batch.
+    assert not any(type(p) in (Connect, ConnAck, Disconnect) for p in batch[:-1])
+    return batch
+
+
+def _by_next_packet(version: int | None, chunks: list[bytes]) -> Outcome:
+    return _read_all(version, chunks, _one)
 
 
 def _by_batch(version: int | None, chunks: list[bytes]) -> Outcome:
-    reader = PacketReader(version)
-    out: list[Packet] = []
-    for chunk in chunks:
-        reader.feed(chunk)
-        while True:
-            try:
-                batch = reader.read_batch()
-            except RemoteProtocolError as exc:
-                return out, type(exc)
-            if not batch:
-                break
-            # CONNECT, CONNACK and DISCONNECT end a batch.
-            assert not any(type(p) in (Connect, ConnAck, Disconnect) for p in batch[:-1])
-            out.extend(batch)
-    return out, None
+    return _read_all(version, chunks, _batch)
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:

@@ -194,7 +194,7 @@ class Hooks:
         return unregister
 
     def has(self, point: HookPoint) -> bool:
-        return bool(self._callbacks[point])
+        return point in self.active
 
     def decide(
         self, point: HookPoint, event: object, default: Decision
