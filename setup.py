@@ -1,7 +1,12 @@
-"""Build hook for the optional compiled speed-up (everything else is in pyproject.toml).
+"""Build hook for the compiled speed-ups (everything else is in pyproject.toml).
 
-``pip install .`` builds the pure-Python package. ``TIDEMQ_MYPYC=1 pip install .`` also
-compiles the modules below with mypyc: the same typed source, built into C extension
+``pip install .`` builds the package and, when a C compiler and the Python headers are
+there, one small C extension: the WebSocket frame scanner (tidemq/transport/_wsframe.c). It
+is optional: if it cannot be compiled the install goes on and the pure-Python code of the
+same path is used (``TIDEMQ_NO_EXTENSIONS=1`` skips it on purpose). ``python -m
+tidemq.protocol`` tells whether it is in use.
+
+``TIDEMQ_MYPYC=1 pip install .`` also compiles the modules below with mypyc: the same typed source, built into C extension
 modules installed next to it (Python prefers an extension module over the ``.py`` of the same
 name). It needs a C compiler and the Python headers; the build backend
 (build_backend/tidemq_build.py) adds mypy to the build requirements for that case only.
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 # The modules compiled, measured with bench/codec.py (docs/benchmarks.md): the framer and
 # decoders, the connection state machine, topic checks and the wire primitives. Not
@@ -39,13 +44,28 @@ def wants_mypyc() -> bool:
     return os.environ.get("TIDEMQ_MYPYC", "").strip().lower() in ("1", "true", "yes")
 
 
-def ext_modules() -> list[object]:
-    if not wants_mypyc():
-        return []
-    from mypyc.build import mypycify
+def wants_c() -> bool:
+    return os.environ.get("TIDEMQ_NO_EXTENSIONS", "").strip().lower() not in ("1", "true", "yes")
 
-    # group_name: the shared runtime library is tidemq__mypyc.*.so rather than a hash.
-    return list(mypycify(MYPYC_MODULES, opt_level="3", group_name="tidemq"))
+
+def ext_modules() -> list[object]:
+    modules: list[object] = []
+    if wants_c():
+        # optional: a failed compile is a warning, and websocket.py falls back to Python.
+        modules.append(
+            Extension(
+                "tidemq.transport._wsframe",
+                ["tidemq/transport/_wsframe.c"],
+                optional=True,
+                extra_compile_args=["-O2"],
+            )
+        )
+    if wants_mypyc():
+        from mypyc.build import mypycify
+
+        # group_name: the shared runtime library is tidemq__mypyc.*.so rather than a hash.
+        modules.extend(mypycify(MYPYC_MODULES, opt_level="3", group_name="tidemq"))
+    return modules
 
 
 setup(ext_modules=ext_modules())

@@ -181,13 +181,25 @@ def pinned(cmd: list[str]) -> list[str]:
     return ["taskset", "-c", "0", *cmd] if shutil.which("taskset") else cmd
 
 
-def start_tidemq(tmp: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def tidemq_build(pure: bool = False) -> str:
+    """What ``tidemq --version`` says, e.g. ``tidemq 0.1.0 (pure Python, C WebSocket scanner)``."""
+    env = {**os.environ, "TIDEMQ_NO_EXTENSIONS": "1"} if pure else None
+    out = subprocess.run(
+        [sys.executable, "-m", "tidemq", "--version"], capture_output=True, env=env, check=True
+    )
+    return out.stdout.decode().strip()
+
+
+def start_tidemq(tmp: Path, pure: bool = False) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``tidemq serve``; *pure*: with TIDEMQ_NO_EXTENSIONS=1 (no C WebSocket scanner)."""
+    data = tmp / ("data-py" if pure else "data")
     cmd = [
         sys.executable, "-m", "tidemq", "serve", "--listen", "tcp://127.0.0.1:0",
-        "--listen", "ws://127.0.0.1:0/mqtt", "--data-dir", str(tmp / "data"),
+        "--listen", "ws://127.0.0.1:0/mqtt", "--data-dir", str(data),
         "--mqtt.sys-interval", "0", "--log.level", "info",
     ]  # fmt: skip
-    proc = subprocess.Popen(pinned(cmd), stderr=subprocess.PIPE, cwd=ROOT)
+    env = {**os.environ, "TIDEMQ_NO_EXTENSIONS": "1"} if pure else None
+    proc = subprocess.Popen(pinned(cmd), stderr=subprocess.PIPE, cwd=ROOT, env=env)
     assert proc.stderr is not None
     ports: dict[str, int] = {}
     while len(ports) < 2:
@@ -234,16 +246,26 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1_000_000, help="per measurement")
     parser.add_argument("--reps", type=int, default=3, help="alternating rounds; medians")
     parser.add_argument("--no-mosquitto", action="store_true")
+    parser.add_argument(
+        "--pure-too",
+        action="store_true",
+        help="also a TideMQ without its C WebSocket scanner (TIDEMQ_NO_EXTENSIONS=1), as tidemq-py",
+    )
     args = parser.parse_args()
+    print(tidemq_build(), flush=True)
     runs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        brokers = [("tidemq", start_tidemq(tmp))]
-        if not args.no_mosquitto:
-            mosq = start_mosquitto(tmp)
-            if mosq is not None:
-                brokers.append(("mosquitto", mosq))
+        brokers: list[tuple[str, tuple[subprocess.Popen[bytes], int, int]]] = []
         try:
+            brokers.append(("tidemq", start_tidemq(tmp)))
+            if args.pure_too:
+                print(f"tidemq-py: {tidemq_build(pure=True)}", flush=True)
+                brokers.append(("tidemq-py", start_tidemq(tmp, pure=True)))
+            if not args.no_mosquitto:
+                mosq = start_mosquitto(tmp)
+                if mosq is not None:
+                    brokers.append(("mosquitto", mosq))
             for rnd in range(args.reps):
                 for name, (_, tcp, ws) in brokers:
                     for scheme, port in (("tcp", tcp), ("ws", ws)):
@@ -268,6 +290,9 @@ def main() -> int:
         print(f"TideMQ ws/tcp: {results['tidemq ws'] / results['tidemq tcp']:.2f} (target >= 0.7)")
     if "mosquitto ws" in results:
         print(f"TideMQ ws / Mosquitto ws: {results['tidemq ws'] / results['mosquitto ws']:.2f}")
+        if "tidemq-py ws" in results:
+            ratio = results["tidemq-py ws"] / results["mosquitto ws"]
+            print(f"TideMQ without C scanner, ws / Mosquitto ws: {ratio:.2f}")
     return 0
 
 

@@ -270,6 +270,15 @@ def test_other_env_vars_are_ignored() -> None:
     assert load_config(env=env) == Config()
 
 
+def test_build_switches_are_not_config() -> None:
+    # setup.py's TIDEMQ_MYPYC and TIDEMQ_NO_EXTENSIONS may stay exported in the shell that
+    # runs the broker; TIDEMQ_NO_EXTENSIONS also turns the C WebSocket scanner off then.
+    env = {"TIDEMQ_MYPYC": "1", "TIDEMQ_NO_EXTENSIONS": "1"}
+    assert load_config(env=env) == Config()
+    with pytest.raises(ConfigError, match="TIDEMQ_NO_EXTENSION"):
+        load_config(env={"TIDEMQ_NO_EXTENSION": "1"})
+
+
 # --- errors -------------------------------------------------------------------------------
 
 

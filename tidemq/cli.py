@@ -21,9 +21,13 @@ from typing import Any
 from tidemq import __version__
 from tidemq.config import Config, ConfigError, add_arguments, load_config, overrides_from_args
 from tidemq.protocol import COMPILED
+from tidemq.transport.websocket import C_SCANNER
 
-# Which build of the protocol package runs: the optional mypyc one (README, "Speed-ups").
-BUILD = "mypyc build" if COMPILED else "pure Python"
+# Which build runs: the protocol package compiled by mypyc or not, and whether the optional
+# C WebSocket frame scanner was built (README, "Speed-ups").
+BUILD = ("mypyc build" if COMPILED else "pure Python") + (
+    ", C WebSocket scanner" if C_SCANNER else ""
+)
 
 log = logging.getLogger("tidemq")
 

@@ -67,6 +67,9 @@ ENV_PREFIX: Final = "TIDEMQ_"
 ENV_CONFIG_FILE: Final = "TIDEMQ_CONFIG"
 #: ``TIDEMQ_*`` variables left alone besides ``TIDEMQ_CONFIG``: the test suite's own.
 _ENV_RESERVED_PREFIXES: Final = ("TIDEMQ_TEST_",)
+#: Build switches (setup.py; README, "Speed-ups"), not configuration: ``TIDEMQ_MYPYC`` and
+#: ``TIDEMQ_NO_EXTENSIONS`` (which also turns the C WebSocket scanner off at run time).
+_ENV_NOT_CONFIG: Final = frozenset({"TIDEMQ_MYPYC", "TIDEMQ_NO_EXTENSIONS"})
 
 U32_MAX: Final = 0xFFFF_FFFF
 U16_MAX: Final = 0xFFFF
@@ -1987,8 +1990,9 @@ def load_config(
         path: the TOML file; None reads the file named by ``TIDEMQ_CONFIG`` in *env*, if
             any, else none.
         env: the environment (default ``os.environ``); ``TIDEMQ_<SECTION>_<KEY>`` variables
-            are read, every other ``TIDEMQ_`` variable except ``TIDEMQ_CONFIG`` and
-            ``TIDEMQ_TEST_*`` is an error.
+            are read, every other ``TIDEMQ_`` variable except ``TIDEMQ_CONFIG``,
+            ``TIDEMQ_TEST_*`` and the build switches ``TIDEMQ_MYPYC`` and
+            ``TIDEMQ_NO_EXTENSIONS`` is an error.
         overrides: ``{"limits.max_packet_size": "2048"}``; values are parsed as in *env*.
 
     Raises:
@@ -2085,7 +2089,7 @@ def _read_table(section: str, table: object, source: str, found: list[tuple[_Key
 
 def _env_key(name: str) -> _Key | None:
     """The key an environment variable sets; None for variables that are not ours."""
-    if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+    if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE or name in _ENV_NOT_CONFIG:
         return None
     if name.startswith(_ENV_RESERVED_PREFIXES):
         return None
@@ -2351,7 +2355,8 @@ def render_markdown() -> str:
         "`TIDEMQ_LIMITS_MAX_PACKET_SIZE=2048`; for a sub-section the dots become "
         "underscores too (`TIDEMQ_LISTENERS_TLS_CERTFILE` for `certfile` in "
         "`[listeners.tls]`). Any other `TIDEMQ_` variable is an error, "
-        f"except `{ENV_CONFIG_FILE}` and `TIDEMQ_TEST_*`.",
+        f"except `{ENV_CONFIG_FILE}`, `TIDEMQ_TEST_*` and the build switches "
+        "`TIDEMQ_MYPYC` and `TIDEMQ_NO_EXTENSIONS` (README, \"Speed-ups\").",
         "- **Flags** are `--section.key VALUE` with dashes in the key, e.g. "
         "`--limits.max-packet-size 2048` or `--listeners.tls.certfile FILE`, or "
         "`--set section.key=VALUE`. Aliases: "

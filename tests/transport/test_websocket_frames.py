@@ -13,6 +13,7 @@ import struct
 import pytest
 
 from tests.helpers.ws import BINARY, CLOSE, CONT, PING, TEXT, frame
+from tidemq.transport import websocket
 from tidemq.transport.stream import ListenerState, WriteBatcher
 from tidemq.transport.websocket import FAST_FRAME_MAX, WebSocketConnection, WebSocketOptions
 
@@ -20,6 +21,20 @@ UPGRADE = (
     b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the C frame scanner (when built) and with the pure-Python
+    loop that replaces it (tests/transport/test_wsframe.py compares the two directly)."""
+    if request.param == "c":
+        if websocket._c_scan is None:
+            if os.environ.get("TIDEMQ_TEST_EXPECT_SPEEDUPS") == "1":
+                pytest.fail("the C frame scanner was expected to be built")
+            pytest.skip("C extension not built (no compiler at install)")
+    else:
+        monkeypatch.setattr(websocket, "_c_scan", None)
+    return str(request.param)
 
 
 class Handler:

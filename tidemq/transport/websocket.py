@@ -27,9 +27,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,21 @@ from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token
 
 from .stream import ListenerState, StreamConnection, WriteBatcher
+
+# The optional C frame scanner (setup.py builds it when a compiler is there). It takes
+# exactly the frames the pure-Python loop of _fast_receive takes as binary frames.
+# TIDEMQ_NO_EXTENSIONS=1 in the environment leaves it unused (the pure-Python path, e.g. to
+# compare the two with bench/websocket.py --pure-too).
+_c_scan: Callable[[bytes, int, int], tuple[bytes, int]] | None
+try:
+    from ._wsframe import scan as _c_scan
+except ImportError:  # pragma: no cover - depends on how the package was installed
+    _c_scan = None
+if os.environ.get("TIDEMQ_NO_EXTENSIONS", "").strip().lower() in ("1", "true", "yes"):
+    _c_scan = None
+
+#: Whether the C frame scanner was built and is in use (``tidemq --version`` says so).
+C_SCANNER = _c_scan is not None
 
 if TYPE_CHECKING:
     from .interfaces import HandlerFactory
@@ -262,12 +278,22 @@ class WebSocketConnection(StreamConnection):
         if not limit or limit > FAST_FRAME_MAX:
             limit = FAST_FRAME_MAX
         pos = 0
-        # Masked payloads of the binary frames and their masks, unmasked together below:
-        # one big-integer XOR per read instead of one per frame.
+        scan = _c_scan
+        # With the C scanner: the unmasked payloads, in order. Without it, the masked
+        # payloads of the binary frames and their masks, unmasked together below: one
+        # big-integer XOR per read instead of one per frame.
         payloads: list[bytes] = []
         masks: list[bytes] = []
         handover = False
-        while size - pos >= 2:
+        while True:
+            if scan is not None:
+                # Every binary frame from here up to the next frame of another kind (or
+                # the end of the complete frames); the loop body sees only those.
+                chunk, pos = scan(buf, pos, limit)
+                if chunk:
+                    payloads.append(chunk)
+            if size - pos < 2:
+                break
             b0 = buf[pos]
             b1 = buf[pos + 1]
             length = b1 & 0x7F
@@ -304,19 +330,20 @@ class WebSocketConnection(StreamConnection):
             pos = end
         rest = buf[pos:]
         self._inbuf = b"" if handover else rest
-        if payloads:
-            handler = self._handler
-            if handler is not None:
+        handler = self._handler
+        if payloads and handler is not None:
+            if scan is not None:
+                data = payloads[0] if len(payloads) == 1 else b"".join(payloads)
+            else:
                 if len(payloads) == 1:
                     masked, mask = payloads[0], masks[0]
                 else:
                     masked, mask = b"".join(payloads), b"".join(masks)
                 n = len(masked)
-                handler.data_received(
-                    (int.from_bytes(masked, "little") ^ int.from_bytes(mask, "little")).to_bytes(
-                        n, "little"
-                    )
+                data = (int.from_bytes(masked, "little") ^ int.from_bytes(mask, "little")).to_bytes(
+                    n, "little"
                 )
+            handler.data_received(data)
         if handover and not self._closing:
             self._fast_in = False
             ws.receive_data(rest)

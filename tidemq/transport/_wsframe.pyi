@@ -1,0 +1,3 @@
+# The optional C speed-up of the WebSocket fast path (_wsframe.c); see websocket.py.
+
+def scan(buf: bytes | bytearray | memoryview, pos: int, limit: int, /) -> tuple[bytes, int]: ...
