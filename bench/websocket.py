@@ -177,6 +177,16 @@ def measure(port: int, ws: bool, path: str, publishers: int, messages: int) -> t
     return rate, expected - got
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pinned(cmd: list[str]) -> list[str]:
     return ["taskset", "-c", "0", *cmd] if shutil.which("taskset") else cmd
 
@@ -254,6 +264,9 @@ def main() -> int:
     args = parser.parse_args()
     print(tidemq_build(), flush=True)
     runs: dict[str, list[float]] = {}
+    # Broker CPU time per message (µs): what each message costs the broker whether or not the
+    # load generators, which share one CPU, keep it saturated.
+    costs: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         brokers: list[tuple[str, tuple[subprocess.Popen[bytes], int, int]]] = []
@@ -267,15 +280,19 @@ def main() -> int:
                 if mosq is not None:
                     brokers.append(("mosquitto", mosq))
             for rnd in range(args.reps):
-                for name, (_, tcp, ws) in brokers:
+                for name, (proc, tcp, ws) in brokers:
                     for scheme, port in (("tcp", tcp), ("ws", ws)):
+                        before = cpu_seconds(proc.pid)
                         rate, lost = measure(
                             port, scheme == "ws", "/mqtt", args.publishers, args.messages
                         )
+                        cost = (cpu_seconds(proc.pid) - before) / args.messages * 1e6
                         runs.setdefault(f"{name} {scheme}", []).append(rate)
+                        costs.setdefault(f"{name} {scheme}", []).append(cost)
                         note = f" ({lost} lost)" if lost else ""
                         print(
-                            f"round {rnd + 1}: {name:10} {scheme:4} {rate:12,.0f} msg/s{note}",
+                            f"round {rnd + 1}: {name:10} {scheme:4} {rate:12,.0f} msg/s"
+                            f"  {cost:5.2f} µs CPU/msg{note}",
                             flush=True,
                         )
         finally:
@@ -285,7 +302,8 @@ def main() -> int:
     results = {key: statistics.median(values) for key, values in runs.items()}
     print(f"medians of {args.reps} rounds, {args.publishers} publishers, {args.messages} messages:")
     for key, value in results.items():
-        print(f"  {key:15} {value:12,.0f} msg/s")
+        cost = statistics.median(costs[key])
+        print(f"  {key:15} {value:12,.0f} msg/s  {cost:5.2f} µs broker CPU/msg")
     if "tidemq tcp" in results and "tidemq ws" in results:
         print(f"TideMQ ws/tcp: {results['tidemq ws'] / results['tidemq tcp']:.2f} (target >= 0.7)")
     if "mosquitto ws" in results:

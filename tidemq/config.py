@@ -2356,7 +2356,7 @@ def render_markdown() -> str:
         "underscores too (`TIDEMQ_LISTENERS_TLS_CERTFILE` for `certfile` in "
         "`[listeners.tls]`). Any other `TIDEMQ_` variable is an error, "
         f"except `{ENV_CONFIG_FILE}`, `TIDEMQ_TEST_*` and the build switches "
-        "`TIDEMQ_MYPYC` and `TIDEMQ_NO_EXTENSIONS` (README, \"Speed-ups\").",
+        '`TIDEMQ_MYPYC` and `TIDEMQ_NO_EXTENSIONS` (README, "Speed-ups").',
         "- **Flags** are `--section.key VALUE` with dashes in the key, e.g. "
         "`--limits.max-packet-size 2048` or `--listeners.tls.certfile FILE`, or "
         "`--set section.key=VALUE`. Aliases: "
