@@ -281,7 +281,8 @@ class Broker:
             return
         await plugin.open()
         self.auth = plugin
-        self._auth_unregister = plugin.install(self.hooks)
+        # The core too: a ban taking effect disconnects the connected clients it matches.
+        self._auth_unregister = plugin.install(self.hooks, clients=self.core)
 
     async def _stop_auth(self) -> None:
         if self._auth_unregister is not None:

@@ -58,10 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser(
         "ctl",
-        help="manage built-in users and bans in the configured storage",
-        description="Manage built-in users and bans in the storage [storage] names, also "
-        "while the broker runs: it sees user changes within auth.builtin.cache_ttl and bans "
-        "within bans.refresh_interval seconds.",
+        help="manage built-in users, ACL rules and bans in the configured storage",
+        description="Manage built-in users, ACL rules and bans in the storage [storage] "
+        "names, also while the broker runs: it sees user changes within "
+        "auth.builtin.cache_ttl, ACL rule changes within acl.builtin.cache_ttl plus "
+        "acl.cache_ttl, and bans within bans.refresh_interval seconds.",
     )
     add_ctl_commands(ctl)
     return parser

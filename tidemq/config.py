@@ -1216,10 +1216,40 @@ class MySQLAclConfig(_Section):
 
 
 @dataclass(frozen=True, slots=True)
+class BuiltinAclConfig(_Section):
+    """Built-in ACL rules (`acl.sources` source `builtin`), kept in the storage backend
+    (`storage.backend`) and managed with `tidemq ctl acl`. A client's rules are its
+    username's, then its client id's, then the rules for all, in the order they were added;
+    the first that matches decides. A running broker sees a `tidemq ctl acl` change within
+    `cache_ttl` plus `acl.cache_ttl` seconds (the answers already cached per client)."""
+
+    cache_ttl: float = field(
+        default=5.0,
+        metadata=_doc(
+            "How long the rules of one username, one client id, or for all, once read, are "
+            "reused before storage is asked again. 0 = ask storage for every authorization "
+            "answer not already cached (`acl.cache_ttl`).",
+            unit="seconds",
+            lo=0,
+        ),
+    )
+    cache_max_size: int = field(
+        default=10_000,
+        metadata=_doc(
+            "Most rule lists cached (one per username, per client id, and the rules for "
+            "all); the least recently used go first.",
+            lo=1,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class BansConfig(_Section):
     """Bans by client id, username or address (CIDR), kept in storage and managed with
     `tidemq ctl ban`. A banned client gets CONNACK 0x8A Banned (MQTT 5) or 5 Not authorized
-    (3.1.1) before any authentication; existing connections are not closed."""
+    (3.1.1) before any authentication; when a ban takes effect, the connected clients it
+    matches are disconnected (MQTT 5: DISCONNECT 0x98 Administrative action), as EMQX
+    kicks a banned client."""
 
     refresh_interval: float = field(
         default=5.0,
@@ -1409,6 +1439,16 @@ class JwtConfig(_Section):
     leeway: float = field(
         default=10.0,
         metadata=_doc("Clock skew allowed on `exp` and `nbf`.", unit="seconds", lo=0),
+    )
+    disconnect_after_expire: bool = field(
+        default=True,
+        metadata=_doc(
+            "Disconnect a client when the token it connected with expires (`exp` plus "
+            "`leeway`, when the same token would be refused at CONNECT): MQTT 5 clients get "
+            "DISCONNECT 0x87 Not authorized, MQTT 3 clients are closed; the will is "
+            "published. Tokens without `exp` never end a connection.",
+            precedent="EMQX authn jwt disconnect_after_expire true.",
+        ),
     )
 
 
@@ -1637,6 +1677,7 @@ class AclConfig(_Section):
             lo=1,
         ),
     )
+    builtin: BuiltinAclConfig = field(default_factory=BuiltinAclConfig)
     http: HttpAclConfig = field(default_factory=HttpAclConfig)
     redis: RedisAclConfig = field(default_factory=RedisAclConfig)
     postgres: PostgresAclConfig = field(default_factory=PostgresAclConfig)

@@ -1,12 +1,12 @@
-"""``tidemq ctl``: manage built-in users and bans in the configured storage.
+"""``tidemq ctl``: manage built-in users, ACL rules and bans in the configured storage.
 
 Part of the command line (``tidemq.cli`` dispatches here). It opens the storage that
 ``[storage]`` names, resolved exactly as ``tidemq serve`` resolves it (``--config``,
 ``TIDEMQ_CONFIG``, ``TIDEMQ_*`` variables, ``--data-dir``, ``--set``), in shared mode, so
 it works while the broker runs on the same data directory (SQLite in WAL mode lets a
 second process read and write beside the broker). A running broker sees the changes
-within ``auth.builtin.cache_ttl`` seconds (users) and ``bans.refresh_interval`` seconds
-(bans).
+within ``auth.builtin.cache_ttl`` seconds (users), ``acl.builtin.cache_ttl`` plus
+``acl.cache_ttl`` seconds (ACL rules) and ``bans.refresh_interval`` seconds (bans).
 
 ::
 
@@ -15,6 +15,10 @@ within ``auth.builtin.cache_ttl`` seconds (users) and ``bans.refresh_interval`` 
     tidemq ctl users set alice --superuser | --no-superuser
     tidemq ctl users delete alice
     tidemq ctl users list
+    tidemq ctl acl add (--username U | --clientid C | --all) allow|deny \
+        publish|subscribe|all TOPIC [--qos 0,1] [--retain true|false]
+    tidemq ctl acl list [--username U | --clientid C | --all]
+    tidemq ctl acl delete ID [ID ...]
     tidemq ctl ban add clientid|username|address VALUE [--duration 1h] [--reason TEXT]
     tidemq ctl ban delete clientid|username|address VALUE
     tidemq ctl ban list
@@ -72,7 +76,7 @@ def parse_duration(text: str) -> float:
 
 
 def add_ctl_commands(ctl: argparse.ArgumentParser) -> None:
-    """The ``users`` and ``ban`` sub-commands of ``tidemq ctl``."""
+    """The ``users``, ``acl`` and ``ban`` sub-commands of ``tidemq ctl``."""
     from tidemq.auth.passwords import ALGORITHMS, DEFAULT_ALGORITHM
 
     groups = ctl.add_subparsers(dest="ctl_group", required=True, metavar="GROUP")
@@ -104,6 +108,42 @@ def add_ctl_commands(ctl: argparse.ArgumentParser) -> None:
     add_arguments(p)
     p = leaf(actions, "delete", "delete a user")
     p.add_argument("username")
+    add_arguments(p)
+
+    acl = groups.add_parser("acl", help="built-in ACL rules (ACL source `builtin`)")
+    actions = acl.add_subparsers(dest="ctl_action", required=True, metavar="ACTION")
+
+    def who(parser: argparse.ArgumentParser, required: bool) -> None:
+        group = parser.add_mutually_exclusive_group(required=required)
+        group.add_argument("--username", metavar="U", help="the rules of one username")
+        group.add_argument("--clientid", metavar="C", help="the rules of one client id")
+        group.add_argument("--all", action="store_true", help="the rules for every client")
+
+    p = leaf(
+        actions,
+        "list",
+        "list rules with their ids: all of them in the order added, or one list",
+    )
+    who(p, required=False)
+    add_arguments(p)
+    p = leaf(actions, "add", "add a rule after the others of its list")
+    who(p, required=True)
+    p.add_argument("permission", choices=("allow", "deny"))
+    p.add_argument("action", choices=("publish", "subscribe", "all"))
+    p.add_argument(
+        "topic",
+        help="a topic filter; ${username} and ${clientid} are filled in; "
+        "'eq FILTER' compares literally",
+    )
+    p.add_argument("--qos", help="only for these QoS levels, e.g. 0,1 (default: any)")
+    p.add_argument(
+        "--retain",
+        choices=("true", "false"),
+        help="publish rules only: only for messages with this retain flag (default: any)",
+    )
+    add_arguments(p)
+    p = leaf(actions, "delete", "delete rules by the ids `acl list` shows")
+    p.add_argument("rule_ids", metavar="ID", type=int, nargs="+")
     add_arguments(p)
 
     ban = groups.add_parser("ban", help="bans by client id, username or address")
@@ -151,8 +191,8 @@ async def _run(config: Config, command: Callable[[Any], Awaitable[int]]) -> int:
     section = config.storage
     if section.backend == "memory":
         raise CtlError(
-            "storage.backend is memory: there is nothing to manage (built-in users and bans "
-            "need a persistent backend such as sqlite)"
+            "storage.backend is memory: there is nothing to manage (built-in users, ACL "
+            "rules and bans need a persistent backend such as sqlite)"
         )
     try:
         storage = await open_storage(
@@ -252,6 +292,84 @@ async def _users_delete(storage: Any, args: argparse.Namespace, out: TextIO) -> 
     return 0
 
 
+# --- ACL rules ------------------------------------------------------------------------------
+
+
+def _acl_who(args: argparse.Namespace) -> tuple[str, str] | None:
+    if args.username is not None:
+        return "username", args.username
+    if args.clientid is not None:
+        return "clientid", args.clientid
+    if args.all:
+        return "all", ""
+    return None
+
+
+def _parse_qos(text: str) -> tuple[int, ...]:
+    try:
+        levels = {int(q) for q in text.replace(" ", "").split(",") if q}
+    except ValueError:
+        levels = set()
+    if not levels or not levels <= {0, 1, 2}:
+        raise ValueError(f"bad --qos {text!r}: QoS levels 0, 1, 2, comma-separated (0,1)")
+    return tuple(sorted(levels))
+
+
+def _acl_line(rule: Any) -> str:
+    who = "all" if rule.who_kind == "all" else f"{rule.who_kind} {rule.who}"
+    conditions = []
+    if rule.qos:
+        conditions.append("qos=" + ",".join(map(str, rule.qos)))
+    if rule.retain is not None:
+        conditions.append(f"retain={'true' if rule.retain else 'false'}")
+    return (
+        f"{rule.rule_id}\t{who}\t{rule.permission}\t{rule.action}\t{rule.topic}\t"
+        f"{' '.join(conditions) or '-'}\n"
+    )
+
+
+async def _acl_list(storage: Any, args: argparse.Namespace, out: TextIO) -> int:
+    who = _acl_who(args)
+    rules = await (storage.list_acl_rules() if who is None else storage.list_acl_rules(*who))
+    for rule in rules:
+        out.write(_acl_line(rule))
+    return 0
+
+
+async def _acl_add(storage: Any, args: argparse.Namespace, out: TextIO) -> int:
+    from tidemq.auth.builtin import acl_rule
+    from tidemq.storage.api import AclRuleRecord
+
+    who = _acl_who(args)
+    assert who is not None  # argparse requires one
+    record = AclRuleRecord(
+        who_kind=who[0],  # type: ignore[arg-type]
+        who=who[1],
+        permission=args.permission,
+        action=args.action,
+        topic=args.topic,
+        qos=() if args.qos is None else _parse_qos(args.qos),
+        retain=None if args.retain is None else args.retain == "true",
+        created_at=time.time(),
+    )
+    acl_rule(record)  # checked as the broker will read it: AclError is a ValueError
+    stored = await storage.add_acl_rule(record)
+    out.write("added rule " + _acl_line(stored).replace("\t", " "))
+    return 0
+
+
+async def _acl_delete(storage: Any, args: argparse.Namespace, out: TextIO) -> int:
+    missing = []
+    for rule_id in args.rule_ids:
+        if await storage.delete_acl_rule(rule_id):
+            out.write(f"deleted rule {rule_id}\n")
+        else:
+            missing.append(str(rule_id))
+    if missing:
+        raise CtlError(f"no ACL rule {', '.join(missing)}")
+    return 0
+
+
 # --- bans -----------------------------------------------------------------------------------
 
 
@@ -297,6 +415,9 @@ _COMMANDS: dict[tuple[str, str], Callable[[Any, argparse.Namespace, TextIO], Awa
     ("users", "passwd"): _users_passwd,
     ("users", "set"): _users_set,
     ("users", "delete"): _users_delete,
+    ("acl", "list"): _acl_list,
+    ("acl", "add"): _acl_add,
+    ("acl", "delete"): _acl_delete,
     ("ban", "list"): _ban_list,
     ("ban", "add"): _ban_add,
     ("ban", "delete"): _ban_delete,

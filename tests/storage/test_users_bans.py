@@ -138,6 +138,7 @@ async def _downgrade_to_v1(backend: str, storage: Any) -> None:
         def drop() -> None:
             conn = storage._conn
             for statement in (
+                "DROP TABLE tidemq_acl",  # schema 3 (tests/storage/test_acl_rules.py)
                 "DROP TABLE tidemq_users",
                 "DROP TABLE tidemq_bans",
                 "DELETE FROM tidemq_schema WHERE version > 1",
@@ -148,7 +149,7 @@ async def _downgrade_to_v1(backend: str, storage: Any) -> None:
     elif backend == "postgres":
 
         async def drop_pg(conn: Any) -> None:
-            await conn.execute("DROP TABLE tidemq_users, tidemq_bans")
+            await conn.execute("DROP TABLE tidemq_users, tidemq_bans, tidemq_acl")
             await conn.execute("DELETE FROM tidemq_schema WHERE version > 1")
 
         await storage._call(drop_pg)
@@ -156,7 +157,7 @@ async def _downgrade_to_v1(backend: str, storage: Any) -> None:
 
         async def drop_my(conn: Any) -> None:
             async with conn.cursor() as cur:
-                await cur.execute("DROP TABLE tidemq_users, tidemq_bans")
+                await cur.execute("DROP TABLE tidemq_users, tidemq_bans, tidemq_acl")
                 await cur.execute("DELETE FROM tidemq_schema WHERE version > 1")
 
         await storage._call(drop_my)

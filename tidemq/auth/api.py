@@ -95,6 +95,9 @@ class AuthOutcome:
         reason_code: the CONNACK reason code for a DENY (default: 0x87 Not authorized,
             CONNACK 5 on MQTT 3.1.1, which is what Mosquitto 2 answers to a bad password).
         reason: a short text for logs and MQTT 5 reason strings.
+        expires_at: for an ALLOW, when the credentials stop being valid (wall-clock epoch
+            seconds, ``time.time()``): the broker disconnects the client then (a JWT's
+            ``exp`` with ``auth.jwt.disconnect_after_expire``). None: never.
     """
 
     verdict: Verdict
@@ -102,6 +105,7 @@ class AuthOutcome:
     acl: tuple[object, ...] | None = None
     reason_code: int | None = None
     reason: str = ""
+    expires_at: float | None = None
 
 
 IGNORE = AuthOutcome(verdict=Verdict.IGNORE)

@@ -8,6 +8,12 @@ seconds, so a ban made elsewhere takes effect within that interval (bans made th
 ``BanList``, such as flapping bans, take effect at once). A ban whose ``until`` has passed
 is ignored at once; storage deletes it at the broker's next ``purge_expired``.
 
+When a ban takes effect (added here, or new or changed in storage at a refresh), the
+connected clients it matches are disconnected, as EMQX kicks a banned client: MQTT 5 with
+DISCONNECT 0x98 Administrative action, MQTT 3 by closing. The broker's
+``ConnectedClients`` (given with ``attach_clients``) lists them: one pass over the
+connections per batch of new bans, nothing per packet or per CONNECT.
+
 If storage cannot be read, the last list loaded stays in force and the failure is logged:
 known bans keep holding while a server backend is down. Without storage (the ``memory``
 backend) the list lives in this process only: flapping bans still work, ``tidemq ctl``
@@ -31,13 +37,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeAlias
 
 from tidemq.auth.api import AuthOutcome, ClientIdentity, Verdict
-from tidemq.broker.hooks import DisconnectedEvent, HookPoint, Hooks
+from tidemq.broker.hooks import ClientInfo, DisconnectedEvent, HookPoint, Hooks
 from tidemq.storage.api import BAN_KINDS, BanKind, BanRecord, Storage, StorageError
 
 if TYPE_CHECKING:
+    from tidemq.broker.interfaces import ConnectedClients
     from tidemq.config import Config
 
 __all__ = [
+    "ADMINISTRATIVE_ACTION",
     "BANNED",
     "BanList",
     "FlappingDetector",
@@ -49,6 +57,8 @@ log = logging.getLogger("tidemq.auth.bans")
 
 #: CONNACK reason code 0x8A Banned (MQTT 5); the broker sends 5 Not authorized to 3.1.1.
 BANNED: Final = 0x8A
+#: DISCONNECT reason code 0x98 Administrative action: a connected client a new ban matches.
+ADMINISTRATIVE_ACTION: Final = 0x98
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -109,6 +119,12 @@ class BanList:
         self._hosts: dict[IPAddress, BanRecord] = {}  # single-address bans
         self._networks: list[tuple[IPNetwork, BanRecord]] = []  # wider networks
         self._task: asyncio.Task[None] | None = None
+        self._clients: ConnectedClients | None = None
+
+    def attach_clients(self, clients: ConnectedClients | None) -> None:
+        """Disconnect, from now on, the connected clients of *clients* that a ban taking
+        effect matches (None: stop)."""
+        self._clients = clients
 
     def __len__(self) -> int:
         return len(self._exact)
@@ -154,7 +170,14 @@ class BanList:
         # Expired bans are ignored here; storage drops them at the broker's next
         # purge_expired, and `tidemq ctl ban list` does not show them.
         now = self.clock()
-        self._load([b for b in records if b.until is None or b.until > now])
+        before = self._exact
+        active = [b for b in records if b.until is None or b.until > now]
+        self._load(active)
+        # New bans, and changed ones (a ban made again after it expired): the clients they
+        # match may be connected.
+        fresh = [b for b in active if before.get((b.kind, b.value)) != b]
+        if fresh:
+            self._disconnect_matching(fresh, now)
         return True
 
     def _load(self, records: list[BanRecord]) -> None:
@@ -197,8 +220,38 @@ class BanList:
         """
         self._unindex(record.kind, record.value)
         self._index(record)
+        now = self.clock()
+        if record.until is None or record.until > now:
+            self._disconnect_matching([record], now)
         if self.storage is not None:
             await self.storage.put_ban(record)
+
+    def _disconnect_matching(self, records: list[BanRecord], now: float) -> None:
+        """Disconnect the connected clients that *records* (bans in force) match: one pass
+        over the connections, each checked against these bans only."""
+        clients = self._clients
+        if clients is None:
+            return
+        probe = BanList(None, clock=self.clock)
+        probe._load(records)
+        for info in clients.connected_clients():
+            record = probe.match(_identity(info), now)
+            if record is None:
+                continue
+            log.info(
+                "disconnecting %s (user %s, %s): banned by %s %s%s",
+                info.client_id,
+                info.username,
+                info.peer[0] if info.peer else info.listener,
+                record.kind,
+                record.value,
+                f" ({record.reason})" if record.reason else "",
+            )
+            try:
+                clients.disconnect_client(info.client_id, ADMINISTRATIVE_ACTION, "banned")
+            except Exception:
+                # Never let one connection stop the others' disconnection or the refresh.
+                log.exception("cannot disconnect banned client %s", info.client_id)
 
     async def remove(self, kind: BanKind, value: str) -> bool:
         """Lift a ban here and in storage; True when it existed."""
@@ -250,6 +303,16 @@ class BanList:
             f" ({record.reason})" if record.reason else "",
         )
         return AuthOutcome(verdict=Verdict.DENY, reason_code=BANNED, reason="banned")
+
+
+def _identity(info: ClientInfo) -> ClientIdentity:
+    """What ``BanList.match`` reads of a connected client (as the plugin's CONNECT check
+    sees it: the peer is the real client address, after any PROXY header)."""
+    return ClientIdentity(
+        client_id=info.client_id,
+        username=info.username,
+        peer_host=info.peer[0] if info.peer else None,
+    )
 
 
 class FlappingDetector:

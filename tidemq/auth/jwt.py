@@ -9,7 +9,10 @@ cannot pick a weaker check, such as HMAC keyed with the public key.
 Answers: a password that is not a JWT (three base64url parts) is left to the next source
 (IGNORE); a JWT that fails (bad signature, wrong algorithm, ``exp`` passed, ``nbf`` not yet,
 a ``verify_claims`` mismatch, a malformed ``acl`` claim) is refused; a valid one is
-accepted, with the rules of its ``acl`` claim (EMQX's formats) as the client's own rules:
+accepted, with the rules of its ``acl`` claim (EMQX's formats) as the client's own rules,
+and, with ``disconnect_after_expire`` (EMQX's option of that name, on by default), its
+``exp`` plus ``leeway`` as the time the broker disconnects the client (the moment the same
+token would be refused at CONNECT):
 
 * ``[{"permission": "allow", "action": "publish", "topic": "t/#", "qos": [0, 1],
   "retain": false}, ...]`` (``topics`` may list several; ``action`` is publish, subscribe
@@ -75,6 +78,7 @@ class JwtAuthenticator(Authenticator):
         acl_claim: str = "acl",
         leeway: float = 10.0,
         http_timeout: float = 5.0,
+        disconnect_after_expire: bool = True,
     ) -> None:
         if not secret and not public_key and not jwks_url:
             raise ValueError("JWT needs auth.jwt.secret, public_key or jwks_url")
@@ -98,6 +102,7 @@ class JwtAuthenticator(Authenticator):
         self.acl_claim = acl_claim
         self.leeway = leeway
         self.http_timeout = http_timeout
+        self.disconnect_after_expire = disconnect_after_expire
         self._jwks: dict[str | None, Any] = {}
         self._jwks_at = -1e9
         self._jwks_lock = asyncio.Lock()
@@ -128,6 +133,7 @@ class JwtAuthenticator(Authenticator):
             verify_claims=claims,
             acl_claim=config.acl_claim,
             leeway=config.leeway,
+            disconnect_after_expire=config.disconnect_after_expire,
         )
 
     async def open(self) -> None:
@@ -195,7 +201,12 @@ class JwtAuthenticator(Authenticator):
                 acl = rules_from_json(claims[self.acl_claim], "jwt")
             except AclError as exc:
                 return _deny(str(exc))
-        return AuthOutcome(verdict=Verdict.ALLOW, acl=acl)
+        expires_at: float | None = None
+        if self.disconnect_after_expire and "exp" in claims:
+            # PyJWT validated exp as int(exp) and refuses the token from int(exp) + leeway
+            # on: the same instant ends the connection.
+            expires_at = int(claims["exp"]) + self.leeway
+        return AuthOutcome(verdict=Verdict.ALLOW, acl=acl, expires_at=expires_at)
 
     async def _key(self, algorithm: str, kid: str | None) -> Any:
         if algorithm in HMAC_ALGORITHMS:

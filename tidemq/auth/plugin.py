@@ -4,7 +4,7 @@
 
     plugin = AuthPlugin.from_config(config, storage)
     await plugin.open()            # files read, connections made: before listeners start
-    unregister = plugin.install(broker.hooks)
+    unregister = plugin.install(broker.hooks, clients=broker.core)
     ...
     await plugin.close()
 
@@ -30,8 +30,9 @@ sees the old connection's rules or cache.
 
 Sources are found by name in ``AUTHENTICATORS`` and ``AUTHORIZERS``: factories taking
 ``(config, storage)``; ``BAN_SOURCES`` lists factories of ban checkers (objects with
-``async def check(identity) -> AuthOutcome | None``, and optionally ``open``, ``close`` and
-``install(hooks)``).
+``async def check(identity) -> AuthOutcome | None``, and optionally ``open``, ``close``,
+``install(hooks)`` and ``attach_clients(clients)``, which receives the broker's
+``ConnectedClients`` so that a new ban disconnects the clients it matches).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from .api import (
 )
 
 if TYPE_CHECKING:
+    from tidemq.broker.interfaces import ConnectedClients
     from tidemq.config import Config
     from tidemq.storage.api import Storage
 
@@ -238,11 +240,18 @@ def _bans(config: Config, storage: Storage | None) -> Sequence[object]:
     return ban_sources(config, storage)
 
 
-def _not_yet(kind: str, name: str) -> Callable[[Config, Storage | None], Any]:
-    def factory(config: Config, storage: Storage | None) -> Any:
-        raise ValueError(f"{kind} source {name!r} is not available in this build")
+def _builtin_authz(config: Config, storage: Storage | None) -> Authorizer:
+    from .builtin import BuiltinAuthorizer
 
-    return factory
+    if storage is None:
+        raise ValueError(
+            "acl.sources names builtin, but storage.backend is memory: built-in ACL rules "
+            "live in a persistent storage backend (sqlite, redis, postgres, mysql)"
+        )
+    section = config.acl.builtin
+    return BuiltinAuthorizer(
+        storage, cache_ttl=section.cache_ttl, cache_size=section.cache_max_size
+    )
 
 
 #: Authentication sources by ``auth.chain`` name.
@@ -262,8 +271,8 @@ AUTHENTICATORS: dict[str, AuthenticatorFactory] = {
 AUTHORIZERS: dict[str, AuthorizerFactory] = {
     "file": _acl_file,
     "http": _http_authz,
-    # builtin, redis, postgres, mysql: tidemq.auth.database.
-    "builtin": _not_yet("authorization", "builtin"),
+    # tidemq.auth.builtin / tidemq.auth.database.
+    "builtin": _builtin_authz,
     "redis": _redis_authz,
     "postgres": _postgres_authz,
     "mysql": _mysql_authz,
@@ -449,9 +458,29 @@ class AuthPlugin:
         for state in self._clients.values():
             state.cache.clear()
 
-    def install(self, hooks: Hooks) -> Callable[[], None]:
-        """Register on *hooks*; returns a function that unregisters everything."""
+    def install(
+        self, hooks: Hooks, *, clients: ConnectedClients | None = None
+    ) -> Callable[[], None]:
+        """Register on *hooks*; returns a function that unregisters everything.
+
+        *clients* (the broker's ``BrokerCore``) lets the ban checkers disconnect the
+        connected clients a new ban matches; without it a ban only refuses new CONNECTs.
+        """
         undo: list[Callable[[], None]] = []
+        if clients is not None:
+            attached = [
+                attach
+                for obj in [*self.ban_checkers, *self.helpers]
+                if (attach := getattr(obj, "attach_clients", None)) is not None
+            ]
+            for attach in attached:
+                attach(clients)
+
+            def detach() -> None:
+                for attach in attached:
+                    attach(None)
+
+            undo.append(detach)
         name = "tidemq.auth"
         if self.authenticators or self.ban_checkers:
             undo.append(hooks.register(HookPoint.AUTHENTICATE, self._authenticate, name=name))
@@ -608,7 +637,9 @@ class AuthPlugin:
             state = _ClientState(info, identity, outcome.superuser, rules)
             self._sweep_pending()
             self._clients[id(info)] = state
-        return AuthResult(decision=Decision.ALLOW, superuser=outcome.superuser)
+        return AuthResult(
+            decision=Decision.ALLOW, superuser=outcome.superuser, expires_at=outcome.expires_at
+        )
 
     def _sweep_pending(self) -> None:
         """Forget connections that authenticated but never completed their CONNECT."""

@@ -114,6 +114,24 @@ class BrokerCore:
         self.stats.connections_total += 1
         return handler
 
+    def connected_clients(self) -> list[ClientInfo]:
+        """Every client whose CONNECT was accepted and whose connection is still open (a
+        snapshot: disconnecting them while iterating is safe). O(connections): for
+        administrative sweeps such as a new ban, never per packet."""
+        return [h.info for h in self.handlers if h.ready and h.info is not None]
+
+    def disconnect_client(self, client_id: str, reason_code: int, reason: str) -> bool:
+        """Close the connection of *client_id* from the server side: MQTT 5 gets
+        DISCONNECT *reason_code* with *reason* as Reason String (when configured), MQTT 3
+        a plain close; the will is published as on any server-side close. False when the
+        client is not connected."""
+        session = self.sessions.get(client_id)
+        handler = session.handler if session is not None else None
+        if handler is None or not handler.ready:
+            return False
+        handler.disconnect(reason_code, reason)
+        return True
+
     @property
     def connected_count(self) -> int:
         """Sessions with a live connection (kept as a counter: read on every CONNECT)."""

@@ -87,6 +87,7 @@ class ClientHandler:
         "_acks",
         "_aliases_sent",
         "_auth",
+        "_expiry",
         "_held",
         "_problem_info",
         "_timer_at",
@@ -124,6 +125,9 @@ class ClientHandler:
         self._aliases_sent: set[int] | None = None  # topic aliases the client has seen
         self._held: list[Packet] | None = None  # packets that arrive during async auth
         self._auth: _EnhancedAuth | None = None
+        # When the client's credentials expire (a JWT's exp): a scheduler entry of its
+        # own, made only for such clients; None for everyone else.
+        self._expiry: _CredentialsExpiry | None = None
         # Acks waiting for a storage commit, in arrival order: (commit or None, ...).
         self._acks: deque[tuple[Durable | None, Publish, int, str]] | None = None
         # The connect timeout until CONNECT (watched by the core, in arrival order), then
@@ -232,6 +236,9 @@ class ClientHandler:
 
     def _cancel_timers(self) -> None:
         self._timer_at = 0.0
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     @property
     def cancelled(self) -> bool:
@@ -441,6 +448,31 @@ class ClientHandler:
             return
         self.superuser = result.superuser
         self._accept(packet, client_id, assigned, server_keepalive)
+        if result.expires_at is not None:
+            self._expire_credentials_at(result.expires_at)
+
+    def _expire_credentials_at(self, expires_at: float | None) -> None:
+        """Disconnect the client when its credentials expire (*expires_at*, wall-clock
+        epoch seconds; None: never), replacing any earlier deadline. EMQX's JWT
+        ``disconnect_after_expire``: MQTT 5 gets DISCONNECT 0x87, MQTT 3 a close."""
+        entry = self._expiry
+        if entry is not None:
+            entry.cancel()
+            self._expiry = None
+        if expires_at is None or not self.ready:
+            return
+        core = self.core
+        # The scheduler runs on loop time, the credentials on the wall clock: convert once.
+        deadline = core.loop.time() + max(0.0, expires_at - time.time())
+        entry = self._expiry = _CredentialsExpiry(self)
+        core.scheduler.push(deadline, entry)
+
+    def _credentials_expired(self) -> None:
+        self._expiry = None
+        if self.conn.state is not ConnectionState.CONNECTED:
+            return
+        log.info("disconnecting %s: its credentials expired", self.client_id)
+        self.disconnect(_RC.NOT_AUTHORIZED, "authentication expired")
 
     def _release_held(self) -> None:
         """Handle the packets that arrived while authentication was pending."""
@@ -476,6 +508,8 @@ class ClientHandler:
         if reauth:
             if result.step is AuthStep.SUCCESS:
                 self._write(self.conn.send(Auth(reason_code=_RC.SUCCESS, properties=auth_props)))
+                # The new credentials decide when the connection must end.
+                self._expire_credentials_at(result.expires_at)
             else:
                 self.disconnect(
                     result.reason_code or _RC.NOT_AUTHORIZED, "re-authentication failed"
@@ -493,6 +527,8 @@ class ClientHandler:
                     "authentication_data": result.data,
                 },
             )
+            if result.expires_at is not None:
+                self._expire_credentials_at(result.expires_at)
             self._release_held()
         elif result.step is AuthStep.UNSUPPORTED:
             self._refuse(_RC.BAD_AUTHENTICATION_METHOD, f"authentication method {state.method!r}")
@@ -1254,6 +1290,30 @@ _PUBLISHABLE_CACHE = 4096
 _AUTHORIZE_PUBLISH = HookPoint.AUTHORIZE_PUBLISH
 _MESSAGE_PUBLISH = HookPoint.MESSAGE_PUBLISH
 _MESSAGE_DELIVERED = HookPoint.MESSAGE_DELIVERED
+
+
+class _CredentialsExpiry:
+    """The scheduler entry that ends a connection when its credentials expire. Separate
+    from the handler (which is its own keepalive entry) and dropping its reference to the
+    handler when cancelled, so a closed connection is not kept alive in the heap until a
+    far-off ``exp``."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: ClientHandler) -> None:
+        self.handler: ClientHandler | None = handler
+
+    @property
+    def cancelled(self) -> bool:
+        return self.handler is None
+
+    def cancel(self) -> None:
+        self.handler = None
+
+    def fire(self, when: float) -> None:
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler._credentials_expired()
 
 
 class _EnhancedAuth:

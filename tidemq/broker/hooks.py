@@ -71,11 +71,18 @@ class AuthenticateEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthResult:
-    """What an authenticator answers: a decision, optionally a reason code and superuser."""
+    """What an authenticator answers: a decision, optionally a reason code and superuser.
+
+    ``expires_at`` (wall-clock epoch seconds, ``time.time()``) is when the accepted
+    credentials stop being valid (a JWT's ``exp``): the broker then disconnects the client,
+    MQTT 5 with DISCONNECT 0x87 Not authorized, as EMQX's ``disconnect_after_expire``.
+    None: they do not expire.
+    """
 
     decision: Decision
     reason_code: int | None = None
     superuser: bool = False
+    expires_at: float | None = None
 
 
 class AuthStep(Enum):
@@ -104,6 +111,9 @@ class EnhancedAuthResult:
     data: bytes | None = None  # Authentication Data to send back
     reason_code: int | None = None
     superuser: bool = False
+    #: On SUCCESS: when the credentials expire (wall-clock epoch seconds), as in
+    #: ``AuthResult``; a successful re-authentication replaces the deadline (None: none).
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,10 +1,14 @@
-"""The contracts the broker depends on. Structural (``typing.Protocol``): transports and
-other packages satisfy them without importing the broker, and the broker never imports them.
+"""The contracts the broker depends on, and the ones it offers to plugins. Structural
+(``typing.Protocol``): transports and other packages satisfy or use them without importing
+the broker, and the broker never imports them (``ConnectedClients`` is what ``BrokerCore``
+offers to packages such as ``tidemq.auth``, which may import this module but not the core).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from .hooks import ClientInfo
 
 
 class Link(Protocol):
@@ -38,3 +42,20 @@ class Link(Protocol):
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
+
+
+class ConnectedClients(Protocol):
+    """The connected clients, for administrative actions taken outside the broker (a new
+    ban disconnects the clients it matches). ``BrokerCore`` satisfies it; the composition
+    root hands it to the plugins that need it."""
+
+    def connected_clients(self) -> list[ClientInfo]:
+        """A snapshot of the clients whose CONNECT was accepted and that are still
+        connected; O(connections), so for occasional sweeps, never per packet."""
+        ...
+
+    def disconnect_client(self, client_id: str, reason_code: int, reason: str) -> bool:
+        """Disconnect *client_id*: MQTT 5 with DISCONNECT *reason_code* (and *reason* as
+        Reason String when configured), MQTT 3 by closing; the will is published. False
+        when it is not connected."""
+        ...

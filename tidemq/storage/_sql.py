@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from tidemq.storage.api import (
+    AclRuleRecord,
     BanRecord,
     IncomingQos2Record,
     InflightRecord,
@@ -27,7 +28,7 @@ from tidemq.storage.api import (
 )
 
 #: The schema version the SQL backends write; each keeps its own migrations up to it.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 # Column lists, in the order of the *_params functions below.
 SESSION_COLUMNS: Final = (
@@ -48,6 +49,8 @@ RETAINED_COLUMNS: Final = "topic, payload, qos, properties, sender, created_at, 
 # Schema version 2. Column names avoid SQL keywords (BY, VALUE, UNTIL) in every dialect.
 USER_COLUMNS: Final = "username, password_hash, superuser, created_at, updated_at"
 BAN_COLUMNS: Final = "ban_kind, ban_value, reason, created_at, expires_at, banned_by"
+# Schema version 3: built-in ACL rules, after their rule_id (given by the database).
+ACL_COLUMNS: Final = "who_kind, who, permission, acl_action, topic, qos_levels, retain, created_at"
 
 Row = Sequence[Any]
 
@@ -227,4 +230,27 @@ def ban_from_row(row: Row) -> BanRecord:
         created_at=row[3],
         until=row[4],
         by=row[5],
+    )
+
+
+def acl_params(r: AclRuleRecord) -> tuple[Any, ...]:
+    """The ``ACL_COLUMNS`` values (the rule id is the database's)."""
+    return (
+        r.who_kind, r.who, r.permission, r.action, r.topic, encode_sub_ids(r.qos), r.retain,
+        r.created_at,
+    )  # fmt: skip
+
+
+def acl_from_row(row: Row) -> AclRuleRecord:
+    """A rule from ``rule_id, <ACL_COLUMNS>``."""
+    return AclRuleRecord(
+        rule_id=int(row[0]),
+        who_kind=row[1],
+        who=row[2],
+        permission=row[3],
+        action=row[4],
+        topic=row[5],
+        qos=decode_sub_ids(row[6]),
+        retain=None if row[7] is None else bool(row[7]),
+        created_at=row[8],
     )

@@ -41,6 +41,11 @@ Built-in users (``UserRecord``) and bans (``BanRecord``) are administrative data
 by ``tidemq ctl`` (possibly from another process while the broker runs) and read by the
 auth sources. They are not part of the write batch: each ``put_*`` / ``delete_*`` is one
 small transaction of its own. ``purge_expired`` also deletes bans whose ``until`` has passed.
+
+Built-in ACL rules (``AclRuleRecord``, schema version 3) are administrative data of the
+same kind, written by ``tidemq ctl acl`` and read by the ``builtin`` ACL source. Each rule
+gets a ``rule_id`` from the store when it is added: ids only grow and are never reused, so
+they are both the rules' order (the order they were added) and the handle to delete one.
 """
 
 from __future__ import annotations
@@ -65,10 +70,15 @@ from tidemq.protocol import (
 )
 
 __all__ = [
+    "ACL_WHO_KINDS",
     "BACKENDS",
     "BAN_KINDS",
     "DURABILITY_MODES",
     "EMPTY_PROPERTIES",
+    "AclAction",
+    "AclPermission",
+    "AclRuleRecord",
+    "AclWhoKind",
     "Backend",
     "BanKind",
     "BanRecord",
@@ -129,6 +139,12 @@ DURABILITY_MODES: Final[tuple[str, ...]] = get_args(Durability)
 BanKind: TypeAlias = Literal["clientid", "username", "address"]
 """What a ban matches: a client id, a username, or a peer address (an IP or a CIDR)."""
 BAN_KINDS: Final[tuple[str, ...]] = get_args(BanKind)
+
+AclWhoKind: TypeAlias = Literal["username", "clientid", "all"]
+"""Whom a built-in ACL rule is for: one username, one client id, or every client."""
+ACL_WHO_KINDS: Final[tuple[str, ...]] = get_args(AclWhoKind)
+AclPermission: TypeAlias = Literal["allow", "deny"]
+AclAction: TypeAlias = Literal["publish", "subscribe", "all"]
 
 #: The encoded form of an empty MQTT 5 property block.
 EMPTY_PROPERTIES: Final = b"\x00"
@@ -285,6 +301,27 @@ class BanRecord:
     created_at: float  # wall clock
     until: float | None = None  # wall clock; None = forever
     by: str = ""  # who banned: "ctl", "flapping", an API user...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AclRuleRecord:
+    """A built-in ACL rule (``tidemq ctl acl``), checked by the ``builtin`` ACL source.
+
+    ``topic`` is a topic filter, possibly with ``${username}`` / ``${clientid}``
+    placeholders, or ``eq FILTER`` for a literal one. ``qos`` lists the QoS levels the rule
+    applies to (empty: any); ``retain`` limits a publish rule to messages with that retain
+    flag (None: either). ``rule_id`` is given by the store in ``add_acl_rule`` (0 before).
+    """
+
+    rule_id: int = 0
+    who_kind: AclWhoKind
+    who: str = ""  # the username or client id; "" for "all"
+    permission: AclPermission
+    action: AclAction
+    topic: str
+    qos: tuple[int, ...] = ()
+    retain: bool | None = None
+    created_at: float  # wall clock
 
 
 # --- the write batch -----------------------------------------------------------------------
@@ -597,6 +634,26 @@ class Storage(ABC):
     @abstractmethod
     async def list_bans(self) -> list[BanRecord]:
         """Every stored ban, expired or not (until the next purge), by (kind, value)."""
+
+    # --- built-in ACL rules (administrative data; each call is its own transaction) -------
+
+    @abstractmethod
+    async def add_acl_rule(self, record: AclRuleRecord) -> AclRuleRecord:
+        """Store a new rule after every rule added before; returns it with its new
+        ``rule_id`` (``record.rule_id`` is not used). Adding the same rule twice stores it
+        twice, as EMQX does."""
+
+    @abstractmethod
+    async def list_acl_rules(
+        self, who_kind: AclWhoKind | None = None, who: str = ""
+    ) -> list[AclRuleRecord]:
+        """The rules of one username (``"username", NAME``), one client id
+        (``"clientid", ID``) or for everyone (``"all"``; *who* is not used), or with
+        *who_kind* None every rule; in the order they were added (by ``rule_id``)."""
+
+    @abstractmethod
+    async def delete_acl_rule(self, rule_id: int) -> bool:
+        """Delete one rule; True when it existed."""
 
 
 # --- helpers ---------------------------------------------------------------------------------

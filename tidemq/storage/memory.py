@@ -9,9 +9,12 @@ and they cannot fail. So a batch is applied whole or not at all.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from tidemq.storage.api import (
+    AclRuleRecord,
+    AclWhoKind,
     BanKind,
     BanRecord,
     DeleteIncomingQos2,
@@ -64,6 +67,8 @@ class MemoryStorage(Storage):
         self.retained: dict[str, RetainedRecord] = {}
         self.users: dict[str, UserRecord] = {}
         self.bans: dict[tuple[str, str], BanRecord] = {}
+        self.acl_rules: dict[int, AclRuleRecord] = {}  # by rule id, in insertion order
+        self._last_rule_id = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             PutSession: self._put_session,
             DeleteSession: self._delete_session,
@@ -253,6 +258,30 @@ class MemoryStorage(Storage):
     async def list_bans(self) -> list[BanRecord]:
         self._check()
         return [self.bans[k] for k in sorted(self.bans)]
+
+    # --- built-in ACL rules ---------------------------------------------------------------
+
+    async def add_acl_rule(self, record: AclRuleRecord) -> AclRuleRecord:
+        self._check()
+        self._last_rule_id += 1  # never reused, as the databases' sequences
+        stored = replace(record, rule_id=self._last_rule_id)
+        self.acl_rules[stored.rule_id] = stored
+        return stored
+
+    async def list_acl_rules(
+        self, who_kind: AclWhoKind | None = None, who: str = ""
+    ) -> list[AclRuleRecord]:
+        self._check()
+        rules = self.acl_rules.values()
+        if who_kind is None:
+            return list(rules)
+        if who_kind == "all":
+            return [r for r in rules if r.who_kind == "all"]
+        return [r for r in rules if r.who_kind == who_kind and r.who == who]
+
+    async def delete_acl_rule(self, rule_id: int) -> bool:
+        self._check()
+        return self.acl_rules.pop(rule_id, None) is not None
 
 
 def _pop(table: dict[str, dict[Any, Any]], client_id: str, key: object) -> None:

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
@@ -34,6 +35,8 @@ import pymysql
 
 from tidemq.storage import _sql
 from tidemq.storage.api import (
+    AclRuleRecord,
+    AclWhoKind,
     BanKind,
     BanRecord,
     DeleteIncomingQos2,
@@ -178,6 +181,25 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 expires_at DOUBLE NULL,
                 banned_by TEXT NOT NULL,
                 KEY tidemq_bans_expires (expires_at)) {_TABLE_OPTIONS}""",
+        ),
+    ),
+    (
+        3,
+        (
+            # wkey is the hash of "<who_kind>:<who>", as the other keys here. The rules are
+            # only ever INSERTed, never REPLACEd, so the auto-increment id stays put.
+            f"""CREATE TABLE IF NOT EXISTS tidemq_acl (
+                rule_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+                wkey BINARY(32) NOT NULL,
+                who_kind VARCHAR(16) NOT NULL,
+                who TEXT NOT NULL,
+                permission VARCHAR(16) NOT NULL,
+                acl_action VARCHAR(16) NOT NULL,
+                topic TEXT NOT NULL,
+                qos_levels VARCHAR(16) NOT NULL,
+                retain BOOLEAN NULL,
+                created_at DOUBLE NOT NULL,
+                KEY tidemq_acl_who (wkey, rule_id)) {_TABLE_OPTIONS}""",
         ),
     ),
 )
@@ -328,6 +350,16 @@ _PUT_BAN: Final = _upsert("tidemq_bans", _columns("bkey", columns=_sql.BAN_COLUM
 
 def _ban_key(kind: str, value: str) -> bytes:
     return _sql.key_hash(f"{kind}:{value}")
+
+
+_ADD_ACL: Final = (
+    f"INSERT INTO tidemq_acl (wkey, {_sql.ACL_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_SELECT_ACL: Final = f"SELECT rule_id, {_sql.ACL_COLUMNS} FROM tidemq_acl"
+
+
+def _who_key(kind: str, who: str) -> bytes:
+    return _sql.key_hash(f"{kind}:{'' if kind == 'all' else who}")
 
 
 # Client error codes (CR_*) and server error codes (ER_*) that mean the server is gone or
@@ -645,6 +677,33 @@ class MySQLStorage(Storage):
             f"SELECT {_sql.BAN_COLUMNS} FROM tidemq_bans ORDER BY ban_kind, ban_value"
         )
         return [_sql.ban_from_row(r) for r in rows]
+
+    # --- built-in ACL rules --------------------------------------------------------------
+
+    async def add_acl_rule(self, record: AclRuleRecord) -> AclRuleRecord:
+        params = (_who_key(record.who_kind, record.who), *_sql.acl_params(record))
+
+        async def insert(conn: Any) -> int:
+            async with conn.cursor() as cur:
+                await cur.execute(_ADD_ACL, params)
+                return int(cur.lastrowid)
+
+        rule_id: int = await self._call(insert)
+        return replace(record, rule_id=rule_id)
+
+    async def list_acl_rules(
+        self, who_kind: AclWhoKind | None = None, who: str = ""
+    ) -> list[AclRuleRecord]:
+        if who_kind is None:
+            rows = await self._fetch(f"{_SELECT_ACL} ORDER BY rule_id")
+        else:
+            rows = await self._fetch(
+                f"{_SELECT_ACL} WHERE wkey = %s ORDER BY rule_id", (_who_key(who_kind, who),)
+            )
+        return [_sql.acl_from_row(r) for r in rows]
+
+    async def delete_acl_rule(self, rule_id: int) -> bool:
+        return await self._execute("DELETE FROM tidemq_acl WHERE rule_id = %s", (rule_id,)) > 0
 
 
 async def _apply(conn: Any, batch: WriteBatch) -> None:

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +32,8 @@ import asyncpg
 
 from tidemq.storage import _sql
 from tidemq.storage.api import (
+    AclRuleRecord,
+    AclWhoKind,
     BanKind,
     BanRecord,
     DeleteIncomingQos2,
@@ -178,6 +181,25 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 banned_by TEXT NOT NULL)""",
         ),
     ),
+    (
+        3,
+        (
+            # An identity column never gives a deleted rule's id again. wkey is the hash of
+            # "<who_kind>:<who>" (a username or client id can be too long for a btree).
+            """CREATE TABLE tidemq_acl (
+                rule_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                wkey BYTEA NOT NULL,
+                who_kind TEXT COLLATE "C" NOT NULL,
+                who TEXT COLLATE "C" NOT NULL,
+                permission TEXT NOT NULL,
+                acl_action TEXT NOT NULL,
+                topic TEXT COLLATE "C" NOT NULL,
+                qos_levels TEXT NOT NULL,
+                retain BOOLEAN,
+                created_at DOUBLE PRECISION NOT NULL)""",
+            "CREATE INDEX tidemq_acl_who ON tidemq_acl (wkey, rule_id)",
+        ),
+    ),
 )
 assert MIGRATIONS[-1][0] == _sql.SCHEMA_VERSION
 
@@ -322,6 +344,17 @@ _PUT_BAN: Final = _upsert("tidemq_bans", ("bkey",), _columns("bkey", columns=_sq
 
 def _ban_key(kind: str, value: str) -> bytes:
     return _sql.key_hash(f"{kind}:{value}")
+
+
+_ADD_ACL: Final = (
+    f"INSERT INTO tidemq_acl (wkey, {_sql.ACL_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING rule_id"
+)
+_SELECT_ACL: Final = f"SELECT rule_id, {_sql.ACL_COLUMNS} FROM tidemq_acl"
+
+
+def _who_key(kind: str, who: str) -> bytes:
+    return _sql.key_hash(f"{kind}:{'' if kind == 'all' else who}")
 
 
 # Errors after which the connection is gone or the server refuses work for now.
@@ -589,6 +622,28 @@ class PostgresStorage(Storage):
             f"SELECT {_sql.BAN_COLUMNS} FROM tidemq_bans ORDER BY ban_kind, ban_value"
         )
         return [_sql.ban_from_row(r) for r in rows]
+
+    # --- built-in ACL rules --------------------------------------------------------------
+
+    async def add_acl_rule(self, record: AclRuleRecord) -> AclRuleRecord:
+        key = _who_key(record.who_kind, record.who)
+        params = _sql.acl_params(record)
+        rule_id = await self._call(lambda conn: conn.fetchval(_ADD_ACL, key, *params))
+        return replace(record, rule_id=int(rule_id))
+
+    async def list_acl_rules(
+        self, who_kind: AclWhoKind | None = None, who: str = ""
+    ) -> list[AclRuleRecord]:
+        if who_kind is None:
+            rows = await self._fetch(f"{_SELECT_ACL} ORDER BY rule_id")
+        else:
+            rows = await self._fetch(
+                f"{_SELECT_ACL} WHERE wkey = $1 ORDER BY rule_id", _who_key(who_kind, who)
+            )
+        return [_sql.acl_from_row(r) for r in rows]
+
+    async def delete_acl_rule(self, rule_id: int) -> bool:
+        return await self._execute("DELETE FROM tidemq_acl WHERE rule_id = $1", rule_id) > 0
 
 
 async def _write_run(conn: Any, run: list[Op]) -> None:

@@ -19,14 +19,22 @@ Theory of operation
       P users                  hash   username → user (JSON)            (schema 2)
       P bans                   hash   "<kind>:<value>" → ban (JSON)      (schema 2)
       P ban-expiry             zset   "<kind>:<value>", scored by until  (schema 2)
+      P acl-rules              hash   rule id → ACL rule (JSON)          (schema 3)
+      P acl-seq                string the last rule id given (INCR)     (schema 3)
+      P acl:<kind>:<who>       zset   rule ids of one username, client id (kind ``username``,
+                                      ``clientid``) or of everyone (``acl:all:``), scored by
+                                      id                                 (schema 3)
 
 * **Batches** are one MULTI/EXEC pipeline: built whole on the client (an operation the
   backend does not know fails before anything is sent), then executed atomically. Every
   command is idempotent (HSET, HDEL, ZADD, SADD, DEL), so redis-py's retry after a lost
   connection cannot apply anything twice.
-* **Schema versions**: ``P meta`` holds the version. Version 2 only added keys (users and
-  bans), so moving a prefix from 1 to 2 changes no data; a newer version is refused.
+* **Schema versions**: ``P meta`` holds the version. Versions 2 (users and bans) and 3
+  (ACL rules) only added keys, so moving a prefix up changes no data; a newer version is
+  refused.
 * **Users and bans** are single commands (a MULTI/EXEC pair for a ban and its expiry).
+  An ACL rule takes its id from ``INCR`` (never reused), then is stored with its index
+  entry in one MULTI/EXEC; a failure in between only leaves an id unused.
 * **purge_expired** is one Lua script, so it is atomic with respect to batches: no batch
   can move a reference between the queue and the in-flight table while the script is
   looking for unreferenced messages. It walks every client's queue and in-flight table;
@@ -44,6 +52,7 @@ import json
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -55,6 +64,8 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tidemq.storage.api import (
+    AclRuleRecord,
+    AclWhoKind,
     BanKind,
     BanRecord,
     DeleteIncomingQos2,
@@ -95,7 +106,7 @@ Pipeline = Any  # redis.asyncio.client.Pipeline; its command methods are loosely
 
 #: The key prefix when the URL has no ``?prefix=``.
 DEFAULT_PREFIX: Final = "tidemq:"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # Seconds to wait for a connection, and for a reply, before calling the server unavailable.
 CONNECT_TIMEOUT: Final = 5.0
 REPLY_TIMEOUT: Final = 30.0
@@ -390,6 +401,35 @@ def _decode_ban(data: bytes) -> BanRecord:
     )
 
 
+def _encode_acl(r: AclRuleRecord) -> bytes:
+    doc = {
+        "who_kind": r.who_kind,
+        "who": r.who,
+        "permission": r.permission,
+        "action": r.action,
+        "topic": r.topic,
+        "qos": list(r.qos),
+        "retain": r.retain,
+        "created_at": r.created_at,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _decode_acl(rule_id: int, data: bytes) -> AclRuleRecord:
+    doc = json.loads(data)
+    return AclRuleRecord(
+        rule_id=rule_id,
+        who_kind=doc["who_kind"],
+        who=doc["who"],
+        permission=doc["permission"],
+        action=doc["action"],
+        topic=doc["topic"],
+        qos=tuple(doc["qos"]),
+        retain=doc["retain"],
+        created_at=doc["created_at"],
+    )
+
+
 # --- the backend -----------------------------------------------------------------------------
 
 
@@ -490,7 +530,7 @@ class RedisStorage(Storage):
                 f"this TideMQ supports ({SCHEMA_VERSION}); upgrade TideMQ"
             )
         if version < SCHEMA_VERSION:
-            # 1 → 2 added keys only; nothing to convert.
+            # 1 → 2 → 3 added keys only; nothing to convert.
             await client.hset(meta, "schema", SCHEMA_VERSION)
             log.info("Redis prefix %r migrated to schema version %d", self.prefix, SCHEMA_VERSION)
 
@@ -743,6 +783,61 @@ class RedisStorage(Storage):
         bans = [_decode_ban(v) for v in rows.values()]
         bans.sort(key=lambda b: (b.kind, b.value))
         return bans
+
+    # --- built-in ACL rules --------------------------------------------------------------
+
+    def _acl_index(self, who_kind: str, who: str) -> bytes:
+        # Kinds have no colon, so "acl:<kind>:" cannot run into another kind's keys.
+        return self._p + f"acl:{who_kind}:{'' if who_kind == 'all' else who}".encode()
+
+    async def add_acl_rule(self, record: AclRuleRecord) -> AclRuleRecord:
+        rule_id = int(await self._call(lambda c: c.incr(self._key("acl-seq"))))
+        stored = replace(record, rule_id=rule_id)
+
+        async def put(client: Any) -> None:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self._key("acl-rules"), str(rule_id), _encode_acl(stored))
+            pipe.zadd(self._acl_index(record.who_kind, record.who), {str(rule_id): rule_id})
+            await pipe.execute()
+
+        await self._call(put)
+        return stored
+
+    async def list_acl_rules(
+        self, who_kind: AclWhoKind | None = None, who: str = ""
+    ) -> list[AclRuleRecord]:
+        if who_kind is None:
+            rows: dict[bytes, bytes] = await self._call(lambda c: c.hgetall(self._key("acl-rules")))
+            rules = [_decode_acl(int(k), v) for k, v in rows.items()]
+            rules.sort(key=lambda r: r.rule_id)
+            return rules
+
+        async def load(client: Any) -> list[tuple[bytes, bytes | None]]:
+            ids: list[bytes] = await client.zrange(self._acl_index(who_kind, who), 0, -1)
+            if not ids:
+                return []
+            values: list[bytes | None] = await client.hmget(self._key("acl-rules"), ids)
+            return list(zip(ids, values, strict=True))
+
+        pairs: list[tuple[bytes, bytes | None]] = await self._call(load)
+        return [_decode_acl(int(k), v) for k, v in pairs if v is not None]
+
+    async def delete_acl_rule(self, rule_id: int) -> bool:
+        field = str(rule_id)
+
+        async def delete(client: Any) -> bool:
+            data = await client.hget(self._key("acl-rules"), field)
+            if data is None:
+                return False
+            rule = _decode_acl(rule_id, data)
+            pipe = client.pipeline(transaction=True)
+            pipe.hdel(self._key("acl-rules"), field)
+            pipe.zrem(self._acl_index(rule.who_kind, rule.who), field)
+            count, _ = await pipe.execute()
+            return int(count) > 0
+
+        deleted: bool = await self._call(delete)
+        return deleted
 
 
 def _text(value: object) -> str:

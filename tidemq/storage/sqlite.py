@@ -36,12 +36,15 @@ import stat
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import quote
 
 from tidemq.storage import _sql
 from tidemq.storage.api import (
+    AclRuleRecord,
+    AclWhoKind,
     BanKind,
     BanRecord,
     DeleteIncomingQos2,
@@ -185,6 +188,24 @@ MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = (
                 PRIMARY KEY (ban_kind, ban_value)) WITHOUT ROWID""",
         ),
     ),
+    (
+        3,
+        (
+            # AUTOINCREMENT: a deleted rule's id is never given again, so an id seen in
+            # `tidemq ctl acl list` cannot come to mean another rule.
+            """CREATE TABLE tidemq_acl (
+                rule_id INTEGER PRIMARY KEY AUTOINCREMENT,
+                who_kind TEXT NOT NULL,
+                who TEXT NOT NULL,
+                permission TEXT NOT NULL,
+                acl_action TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                qos_levels TEXT NOT NULL,
+                retain INTEGER,
+                created_at REAL NOT NULL)""",
+            "CREATE INDEX tidemq_acl_who ON tidemq_acl (who_kind, who, rule_id)",
+        ),
+    ),
 )
 assert MIGRATIONS[-1][0] == _sql.SCHEMA_VERSION
 
@@ -313,6 +334,8 @@ _PURGE: Final[tuple[tuple[str, bool], ...]] = (
 
 _PUT_USER: Final = f"INSERT OR REPLACE INTO tidemq_users ({_sql.USER_COLUMNS}) VALUES (?,?,?,?,?)"
 _PUT_BAN: Final = f"INSERT OR REPLACE INTO tidemq_bans ({_sql.BAN_COLUMNS}) VALUES (?,?,?,?,?,?)"
+_ADD_ACL: Final = f"INSERT INTO tidemq_acl ({_sql.ACL_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
+_SELECT_ACL: Final = f"SELECT rule_id, {_sql.ACL_COLUMNS} FROM tidemq_acl"
 
 
 def _client_filter(client_id: str | None) -> tuple[str, tuple[Any, ...]]:
@@ -713,6 +736,35 @@ class SQLiteStorage(Storage):
             f"SELECT {_sql.BAN_COLUMNS} FROM tidemq_bans ORDER BY ban_kind, ban_value",
         )
         return [_sql.ban_from_row(r) for r in rows]
+
+    # --- built-in ACL rules --------------------------------------------------------------
+
+    def _insert(self, sql: str, params: tuple[Any, ...]) -> int:
+        rule_id = self._conn_or_fail().execute(sql, params).lastrowid
+        assert rule_id is not None
+        return rule_id
+
+    async def add_acl_rule(self, record: AclRuleRecord) -> AclRuleRecord:
+        rule_id = await self._run(self._insert, _ADD_ACL, _sql.acl_params(record))
+        return replace(record, rule_id=rule_id)
+
+    async def list_acl_rules(
+        self, who_kind: AclWhoKind | None = None, who: str = ""
+    ) -> list[AclRuleRecord]:
+        params: tuple[Any, ...] = ()
+        if who_kind is None:
+            sql = f"{_SELECT_ACL} ORDER BY rule_id"
+        elif who_kind == "all":
+            sql = f"{_SELECT_ACL} WHERE who_kind = 'all' ORDER BY rule_id"
+        else:
+            sql = f"{_SELECT_ACL} WHERE who_kind = ? AND who = ? ORDER BY rule_id"
+            params = (who_kind, who)
+        rows = await self._run(self._select, sql, params)
+        return [_sql.acl_from_row(r) for r in rows]
+
+    async def delete_acl_rule(self, rule_id: int) -> bool:
+        sql = "DELETE FROM tidemq_acl WHERE rule_id = ?"
+        return await self._run(self._write, sql, (rule_id,)) > 0
 
 
 def _check_version(path: Path, version: int) -> None:
