@@ -6,6 +6,13 @@ A heap of (deadline, seq, entry) and a single ``loop.call_at`` handle for the ea
 are cancelled lazily: ``cancel()`` flags them and the heap skips them. Keepalive uses lazy
 deadlines (aiohttp ``_process_keepalive``): the entry fires at the deadline known when it
 was scheduled, and the callback re-arms itself if activity moved the deadline since.
+
+Lazy cancellation leaves cancelled entries in the heap until their deadline, which may be
+days away (session expiry, a JWT's ``exp``): a fleet that reconnects all day would grow the
+heap without bound. So the heap is compacted (cancelled entries dropped, the rest
+re-heapified) whenever it has doubled since the last count of live entries, as asyncio does
+for its own cancelled timers: O(1) amortised per push. A cancelled ``TimerEntry`` also drops
+its callback and arguments at once, so it never keeps a session alive.
 """
 
 from __future__ import annotations
@@ -42,9 +49,20 @@ class TimerEntry:
 
     def cancel(self) -> None:
         self.cancelled = True
+        # What the callback refers to (a Session, say) may go now, not at the deadline.
+        self.callback = _noop
+        self.args = ()
 
     def fire(self, when: float) -> None:
         self.callback(*self.args)
+
+
+def _noop(*args: Any) -> None:
+    pass
+
+
+#: The heap is compacted once it holds this many entries and twice the live ones last counted.
+COMPACT_MIN = 1024
 
 
 class Scheduler:
@@ -55,22 +73,31 @@ class Scheduler:
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
         self._closed = False
+        self._compact_at = COMPACT_MIN
 
     def time(self) -> float:
         return self._loop.time()
 
     def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerEntry:
         entry = TimerEntry(when, callback, args)
-        heapq.heappush(self._heap, (when, next(self._seq), entry))
-        if self._armed_at is None or when < self._armed_at:
-            self._arm(when)
+        self.push(when, entry)
         return entry
 
     def push(self, when: float, entry: Timed) -> None:
         """Schedule ``entry.fire(when)`` at *when* (skipped if it is cancelled by then)."""
-        heapq.heappush(self._heap, (when, next(self._seq), entry))
+        heap = self._heap
+        if len(heap) >= self._compact_at:
+            self._compact()
+        heapq.heappush(heap, (when, next(self._seq), entry))
         if self._armed_at is None or when < self._armed_at:
             self._arm(when)
+
+    def _compact(self) -> None:
+        """Drop the cancelled entries (see the module docstring)."""
+        live = [item for item in self._heap if not item[2].cancelled]
+        heapq.heapify(live)
+        self._heap[:] = live  # in place: _run may hold a reference to the list
+        self._compact_at = max(COMPACT_MIN, 2 * len(live))
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerEntry:
         return self.call_at(self._loop.time() + delay, callback, *args)
