@@ -19,7 +19,7 @@ from tests.auth.support import MakeClient, StartBroker, mqtt, start_broker
 from tests.helpers.paho import V5, V311
 from tests.helpers.raw import RawClient
 from tidemq.app import Broker
-from tidemq.auth.api import ClientIdentity, Verdict
+from tidemq.auth.api import IGNORE, Authenticator, AuthOutcome, ClientIdentity, Credentials, Verdict
 from tidemq.auth.bans import ADMINISTRATIVE_ACTION, BanList, normalize_ban_value
 from tidemq.auth.passwords import hash_password
 from tidemq.auth.plugin import AuthPlugin
@@ -234,3 +234,37 @@ async def test_only_the_new_bans_are_enforced_on_connected_clients() -> None:
     assert outcome.verdict is Verdict.DENY
     await bans.close()
     await storage.close()
+
+
+async def test_a_ban_landing_during_slow_authentication_refuses_the_connect(
+    setup: Setup,
+) -> None:
+    """Neither connected (the sweep's reach) nor banned when its CONNECT was first checked:
+    the ban is checked again once the awaited sources have answered."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    class Gate(Authenticator):
+        name = "gate"
+
+        async def authenticate(self, credentials: Credentials) -> AuthOutcome:
+            entered.set()
+            await release.wait()
+            return IGNORE  # the next source (or anonymous access) decides, as before
+
+    assert setup.broker.auth is not None
+    setup.broker.auth.authenticators.insert(0, Gate())
+    raw = await RawClient.connect(setup.broker.port)
+    setup.raws.append(raw)
+    await raw.send(mb.gen_connect("late-ban", proto_ver=5))
+    await asyncio.wait_for(entered.wait(), WAIT)
+    await setup.bans.add(ban("clientid", "late-ban"))
+    release.set()
+    ack = await raw.read_packet()
+    assert (ack[0], ack[3]) == (0x20, 0x8A)
+    # Without a ban the same slow path still accepts.
+    entered.clear()
+    other = await RawClient.connect(setup.broker.port)
+    setup.raws.append(other)
+    await other.send(mb.gen_connect("not-banned", proto_ver=5))
+    ack = await other.read_packet()
+    assert (ack[0], ack[3]) == (0x20, 0)

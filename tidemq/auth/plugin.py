@@ -531,10 +531,26 @@ class AuthPlugin:
         identity = client_identity(info, next(self._numbers))
         who = f"{info.client_id!r} (user {info.username!r}, {identity.peer_host})"
         waiting: list[BanChecker] = []
+        refused = self._banned_now(identity, who, waiting)
+        if refused is not None:
+            return refused
+        if waiting or self.authenticators or any(map(_prepares, self.authorizers)):
+            return self._authenticate_async(event, identity, who, waiting)
+        blocked = self._rate_limited(identity, who)
+        if blocked is not None:
+            return blocked
+        return self._decide(event, identity, who, IGNORE, "default")
+
+    def _banned_now(
+        self, identity: ClientIdentity, who: str, waiting: list[BanChecker] | None = None
+    ) -> AuthResult | None:
+        """The refusal if a ban checker that answers at once (the ban list) bans the
+        client; the checkers that must be awaited go to *waiting*, if given."""
         for checker in self.ban_checkers:
             check_now = getattr(checker, "check_now", None)
             if check_now is None:
-                waiting.append(checker)
+                if waiting is not None:
+                    waiting.append(checker)
                 continue
             try:
                 banned = check_now(identity)
@@ -544,12 +560,7 @@ class AuthPlugin:
             refused = _banned(banned, who)
             if refused is not None:
                 return refused
-        if waiting or self.authenticators or any(map(_prepares, self.authorizers)):
-            return self._authenticate_async(event, identity, who, waiting)
-        blocked = self._rate_limited(identity, who)
-        if blocked is not None:
-            return blocked
-        return self._decide(event, identity, who, IGNORE, "default")
+        return None
 
     async def _authenticate_async(
         self,
@@ -589,6 +600,12 @@ class AuthPlugin:
                     await authorizer.prepare(identity)
                 except Exception:
                     log.exception("ACL source %s failed to prepare %s", authorizer.name, who)
+            # A ban that came into force while this CONNECT was awaited (a slow password
+            # hash or HTTP source) would miss it: the ban list's sweep only reaches clients
+            # already connected. (The state _decide kept is swept as never connected.)
+            refused = self._banned_now(identity, who)
+            if refused is not None:
+                return refused
         return result
 
     def _rate_limited(self, identity: ClientIdentity, who: str) -> AuthResult | None:
