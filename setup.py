@@ -3,14 +3,15 @@
 ``pip install .`` builds the package and, when a C compiler and the Python headers are
 there, one small C extension: the WebSocket frame scanner (tidemq/transport/_wsframe.c). It
 is optional: if it cannot be compiled the install goes on and the pure-Python code of the
-same path is used (``TIDEMQ_NO_EXTENSIONS=1`` skips it on purpose). ``python -m
-tidemq.protocol`` tells whether it is in use.
+same path is used (``TIDEMQ_NO_EXTENSIONS=1`` skips it on purpose). ``tidemq --version``
+tells whether it is in use.
 
-``TIDEMQ_MYPYC=1 pip install .`` also compiles the modules below with mypyc: the same typed source, built into C extension
-modules installed next to it (Python prefers an extension module over the ``.py`` of the same
-name). It needs a C compiler and the Python headers; the build backend
-(build_backend/tidemq_build.py) adds mypy to the build requirements for that case only.
-``python -m tidemq.protocol`` and ``tidemq --version`` tell which build is in use.
+``TIDEMQ_MYPYC=1 pip install .`` also compiles the modules below with mypyc: the same
+typed source, built into C extension modules installed next to it (Python prefers an
+extension module over the ``.py`` of the same name). It needs a C compiler and the Python
+headers; the build backend (build_backend/tidemq_build.py) adds mypy to the build
+requirements for that case only. ``python -m tidemq.protocol`` and ``tidemq --version``
+tell which build is in use.
 """
 
 from __future__ import annotations

@@ -1317,6 +1317,7 @@ HttpMethod = Literal["post", "get"]
 HttpBodyFormat = Literal["json", "form"]
 JwtFrom = Literal["password", "username"]
 AclNoMatch = Literal["allow", "deny"]
+AclDeliveryCheck = Literal["auto", "on", "off"]
 
 
 def _check_sources(known: tuple[str, ...]) -> Callable[[tuple[str, ...]], str | None]:
@@ -1657,6 +1658,19 @@ class AclConfig(_Section):
             "The answer when no rule and no source decides. A Mosquitto-format ACL file "
             "denies what it does not allow itself, as in Mosquitto.",
             precedent="EMQX authorization.no_match allow.",
+        ),
+    )
+    check_on_delivery: AclDeliveryCheck = field(
+        default="auto",
+        metadata=_doc(
+            "Also check each message's topic against the client's subscribe (read) rules "
+            "when it is delivered, dropping it for that client alone when denied (counted "
+            "in `messages_dropped_acl`). `auto`: on exactly when `acl.file` is in "
+            "Mosquitto's format; `off`: subscriptions are checked, deliveries are not. Only "
+            "the ACL file, the client's own rules (a JWT `acl` claim) and superuser are "
+            "asked per delivery; `http`, `builtin` and the database sources are not.",
+            precedent="Mosquitto checks read access on every message; EMQX checks "
+            "subscriptions only.",
         ),
     )
     cache_ttl: float = field(

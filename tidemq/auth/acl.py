@@ -23,8 +23,10 @@ Matching, as EMQX does it, made safe for wildcards:
   request can match, the rule matches too): ``sensors/#`` covers ``sensors/+/temp`` and
   ``sensors`` but not ``#``, so ``allow all subscribe sensors/#`` does not allow ``#``
   and ``deny all subscribe secret/#`` does not refuse ``#`` either. Deny the wide
-  filters themselves (``deny all subscribe eq # eq +/#``) where that matters; the
-  broker checks subscriptions, not each delivery. ``eq`` topics compare literally.
+  filters themselves (``deny all subscribe eq # eq +/#``) where that matters, or turn on
+  ``acl.check_on_delivery``. ``eq`` topics compare literally.
+* READ (``acl.check_on_delivery``, each delivered message): the subscribe rules, matched
+  against the message's topic name as for PUBLISH (an ``eq`` topic: the same name).
 * A placeholder with no value (``${username}`` for a client without one) never matches;
   a value holding ``+``, ``#`` or ``/`` makes an ``allow`` rule fail and a ``deny`` rule
   match, so nobody widens a rule by choosing a name like ``#``.
@@ -34,7 +36,8 @@ A Mosquitto ``acl_file`` is read too (``user``, ``topic [read|write|readwrite|de
 first ``user`` line are for anonymous clients, ``pattern`` lines for everyone, ``read``
 is subscribe and ``write`` publish, a client's ``topic`` lines are asked before the
 patterns, ``deny`` lines before the others (wherever they are), and what such a file does
-not allow it denies (checked against Mosquitto 2.0).
+not allow it denies (checked against Mosquitto 2.0). As in Mosquitto, each delivered
+message's topic is checked for ``read`` too (``acl.check_on_delivery`` auto).
 """
 
 from __future__ import annotations
@@ -235,12 +238,16 @@ class AclRule:
     def decides(self, request: AclRequest) -> bool:
         """Whether this rule matches *request* (and so decides it)."""
         action = request.action
-        if self.action != "all" and self.action != action.value:
-            return False
+        if (
+            self.action != "all"
+            and self.action != action.value
+            and (action is not Action.READ or self.action != "subscribe")
+        ):
+            return False  # READ is answered by the subscribe rules
         if self.qos is not None and request.qos not in self.qos:
             return False
         if self.retain is not None and (
-            action is Action.SUBSCRIBE or request.retain != self.retain
+            action is not Action.PUBLISH or request.retain != self.retain
         ):
             return False
         if not self.who.matches(request.client):
@@ -266,7 +273,7 @@ class AclRule:
                 if topic.filter == request.topic:
                     return True
                 continue
-            if action is Action.PUBLISH:
+            if action is not Action.SUBSCRIBE:  # PUBLISH and READ: a topic name
                 if topic_matches_filter(words, requested):
                     return True
             elif filter_covers(words, requested):
@@ -372,6 +379,7 @@ class AclRuleSet:
 
     rules: tuple[AclRule, ...]
     final: Verdict = Verdict.IGNORE
+    mosquitto: bool = False  # read from a Mosquitto acl_file
 
     def check(self, request: AclRequest) -> Verdict:
         verdict = check_rules(self.rules, request)
@@ -454,7 +462,7 @@ def parse_acl(text: str, path: str = "acl") -> AclRuleSet:
             for rule in group
             if (rule.permission is Verdict.DENY) is deny
         ]
-        return AclRuleSet(tuple(ordered), final=Verdict.DENY)
+        return AclRuleSet(tuple(ordered), final=Verdict.DENY, mosquitto=True)
     return AclRuleSet(tuple(rules))
 
 
@@ -545,7 +553,7 @@ class AclFileAuthorizer(Authorizer):
             "ACL file %s: %d rules%s",
             self.path,
             len(rules.rules),
-            " (Mosquitto format)" if rules.final is Verdict.DENY else "",
+            " (Mosquitto format)" if rules.mosquitto else "",
         )
 
     @property
@@ -556,6 +564,12 @@ class AclFileAuthorizer(Authorizer):
 
     def reload(self) -> bool:
         return self._file.reload() if self._file is not None else False
+
+    @property
+    def mosquitto_format(self) -> bool:
+        """Whether the file in force is a Mosquitto acl_file (``acl.check_on_delivery``
+        auto turns the per-delivery check on for it)."""
+        return self._file is not None and self._file.value.mosquitto
 
     def check(self, request: AclRequest) -> Verdict:
         if self._file is None:

@@ -53,6 +53,10 @@ class Action(Enum):
     __hash__ = object.__hash__
     PUBLISH = "publish"
     SUBSCRIBE = "subscribe"
+    #: May the client receive a message on this topic name (``acl.check_on_delivery``)?
+    #: Answered by the subscribe rules, matched as a PUBLISH is; only the synchronous
+    #: rule sources (the ACL file, a client's own rules) are asked.
+    READ = "read"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,8 +117,8 @@ IGNORE = AuthOutcome(verdict=Verdict.IGNORE)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AclRequest:
-    """One authorization question. ``topic`` is a topic name for PUBLISH and a topic filter
-    (without any ``$share/<group>/`` prefix) for SUBSCRIBE."""
+    """One authorization question. ``topic`` is a topic name for PUBLISH and READ and a
+    topic filter (without any ``$share/<group>/`` prefix) for SUBSCRIBE."""
 
     client: ClientIdentity
     action: Action

@@ -24,6 +24,11 @@ even ask). A ``$share/GROUP/`` prefix is removed before a subscription is checke
 then returns an awaitable and the broker holds the client's later packets until it
 resolves.
 
+With ``acl.check_on_delivery`` on (``auto``: a Mosquitto-format ACL file), each message
+delivered is checked too (``AUTHORIZE_DELIVERY``, Mosquitto's read check): the cache, the
+client's own rules, then the ACL file; the asynchronous and database sources are not asked
+per message (no answer from them counts as no match).
+
 Per-connection state is keyed by the identity of the broker's ``ClientInfo`` object, which
 lives exactly as long as the connection, so a client id taken over by a new connection never
 sees the old connection's rules or cache.
@@ -51,6 +56,7 @@ from tidemq.broker.hooks import (
     ClientInfo,
     ConnectedEvent,
     Decision,
+    DeliveryAuthEvent,
     DisconnectedEvent,
     HookPoint,
     Hooks,
@@ -59,7 +65,7 @@ from tidemq.broker.hooks import (
 )
 from tidemq.protocol import parse_shared
 
-from .acl import AclRule, check_rules
+from .acl import AclFileAuthorizer, AclRule, check_rules
 from .api import (
     IGNORE,
     AclRequest,
@@ -325,6 +331,8 @@ class AuthPlugin:
         rate_limiter: an ``AuthFailureLimiter`` (None: no limit).
         ban_checkers: checkers asked before anything else.
         helpers: objects opened, closed and installed along (flapping detection).
+        check_on_delivery: ``"on"``, ``"off"`` or ``"auto"`` (on when the ACL file in
+            force is in Mosquitto's format): check each delivery as Mosquitto does.
     """
 
     def __init__(
@@ -339,9 +347,13 @@ class AuthPlugin:
         rate_limiter: Any = None,
         ban_checkers: Sequence[BanChecker] = (),
         helpers: Sequence[object] = (),
+        check_on_delivery: str = "auto",
     ) -> None:
         if no_match not in ("allow", "deny"):
             raise ValueError("no_match is allow or deny")
+        if check_on_delivery not in ("auto", "on", "off"):
+            raise ValueError("check_on_delivery is auto, on or off")
+        self.check_on_delivery = check_on_delivery
         self.authenticators = list(authenticators)
         self.authorizers = list(authorizers)
         self.allow_anonymous = allow_anonymous
@@ -357,6 +369,8 @@ class AuthPlugin:
         self._opened: list[object] = []
         self._async_decisions = True
         self._tracking = True  # per-client state for authorization (see install)
+        self._hooks: Hooks | None = None
+        self._undo_delivery: Callable[[], None] | None = None
 
     @classmethod
     def from_config(cls, config: Config, storage: Storage | None = None) -> AuthPlugin:
@@ -396,6 +410,7 @@ class AuthPlugin:
             rate_limiter=limiter,
             ban_checkers=ban_checkers,
             helpers=helpers,
+            check_on_delivery=acl.check_on_delivery,
         )
 
     @property
@@ -426,6 +441,7 @@ class AuthPlugin:
                 listeners = getattr(obj, "listeners", None) if isinstance(obj, Authorizer) else None
                 if isinstance(listeners, list):
                     listeners.append(self.clear_cache)
+                    listeners.append(self._resolve_delivery_check)
         except BaseException:
             await self.close()
             raise
@@ -508,6 +524,14 @@ class AuthPlugin:
                 hooks.register(HookPoint.CLIENT_CONNECTED, self._connected, name=name),
                 hooks.register(HookPoint.CLIENT_DISCONNECTED, self._disconnected, name=name),
             ]
+            self._hooks = hooks
+            self._resolve_delivery_check()
+
+            def undo_delivery() -> None:
+                self._hooks = None
+                self._resolve_delivery_check()
+
+            undo.append(undo_delivery)
         for helper in self.helpers:
             installer = getattr(helper, "install", None)
             if installer is not None:
@@ -520,6 +544,29 @@ class AuthPlugin:
                 fn()
 
         return unregister
+
+    @property
+    def delivery_check(self) -> bool:
+        """Whether ``acl.check_on_delivery`` resolves to on now."""
+        mode = self.check_on_delivery
+        if mode != "auto":
+            return mode == "on"
+        return any(getattr(a, "mosquitto_format", False) for a in self.authorizers)
+
+    def _resolve_delivery_check(self) -> None:
+        """Register or drop the delivery hook to match ``delivery_check`` (at install and
+        after an ACL file reload, which may change its format). Connections decide at
+        CONNACK whether they ask it: a change reaches clients as they reconnect."""
+        want = self._hooks is not None and self.delivery_check
+        if want and self._undo_delivery is None:
+            assert self._hooks is not None
+            self._undo_delivery = self._hooks.register(
+                HookPoint.AUTHORIZE_DELIVERY, self._authorize_delivery, name="tidemq.auth"
+            )
+            log.info("ACL: each delivery is checked for read access (acl.check_on_delivery)")
+        elif not want and self._undo_delivery is not None:
+            self._undo_delivery()
+            self._undo_delivery = None
 
     # --- authentication ---------------------------------------------------------------
 
@@ -719,6 +766,33 @@ class AuthPlugin:
         return self._authorize(
             event.client, Action.SUBSCRIBE, shared.filter if shared else topic, event.qos, False
         )
+
+    def _authorize_delivery(self, event: DeliveryAuthEvent) -> Decision:
+        """Mosquitto's read check of one delivered message, synchronous: the client's
+        cache, its own rules, then the ACL file (the sources that answer at once and hold
+        rules; HTTP and the databases are not asked per message)."""
+        state = self._state(event.client)
+        if state.superuser:
+            return Decision.ALLOW
+        topic = event.topic
+        key = (Action.READ, topic, event.qos, False)
+        now = time.monotonic()
+        if self.cache_ttl > 0:
+            hit = state.cache.get(key)
+            if hit is not None:
+                if hit[0] > now:
+                    state.cache.move_to_end(key)
+                    return hit[1]
+                del state.cache[key]
+        request = AclRequest(client=state.identity, action=Action.READ, topic=topic, qos=event.qos)
+        verdict = check_rules(state.rules, request) if state.rules else Verdict.IGNORE
+        if verdict is Verdict.IGNORE:
+            for authorizer in self.authorizers:
+                if isinstance(authorizer, AclFileAuthorizer):
+                    verdict = _check(authorizer, request)
+                    if verdict is not Verdict.IGNORE:
+                        break
+        return self._remember(state, key, verdict, now)
 
     def authorize(
         self, info: ClientInfo, action: Action, topic: str, qos: int, retain: bool = False

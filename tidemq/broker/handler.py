@@ -61,6 +61,7 @@ from .hooks import (
     ClientInfo,
     ConnectedEvent,
     Decision,
+    DeliveryAuthEvent,
     DisconnectedEvent,
     EnhancedAuthEvent,
     HookPoint,
@@ -87,6 +88,7 @@ class ClientHandler:
         "_acks",
         "_aliases_sent",
         "_auth",
+        "_check_delivery",
         "_expiry",
         "_held",
         "_problem_info",
@@ -121,6 +123,9 @@ class ClientHandler:
         self.v5 = False
         self.ready = False  # CONNACK sent, deliveries may flow
         self.superuser = False
+        # Whether each delivery asks AUTHORIZE_DELIVERY (set at CONNACK): one attribute
+        # test per delivery when nothing is registered.
+        self._check_delivery = False
         self._problem_info = True
         self._aliases_sent: set[int] | None = None  # topic aliases the client has seen
         self._held: list[Packet] | None = None  # packets that arrive during async auth
@@ -653,6 +658,7 @@ class ClientHandler:
         )
         self._write(self.conn.send(ack))
         self.ready = True
+        self._check_delivery = not self.superuser and _AUTHORIZE_DELIVERY in core.hooks.active
         if self.conn.keepalive:
             deadline = self.conn.keepalive_deadline
             assert deadline is not None
@@ -934,6 +940,8 @@ class ClientHandler:
         if message.expires_at is not None and message.expired():
             self.core.stats.messages_expired += 1
             return
+        if self._check_delivery and not self._may_receive(message, qos, retain):
+            return  # before it takes a queue slot, a packet id or an alias
         conn = self.conn
         session = self.session
         if qos:
@@ -979,6 +987,26 @@ class ClientHandler:
             core.stats.publish_sent += 1
         if _MESSAGE_DELIVERED in core.hooks.active:
             core.hooks.notify(HookPoint.MESSAGE_DELIVERED, _to_event(message, self.client_id))
+
+    def _may_receive(self, message: Message, qos: int, retain: bool) -> bool:
+        """AUTHORIZE_DELIVERY for one delivery (Mosquitto's read check on each message);
+        a denied message is dropped for this client alone and counted."""
+        info = self.info
+        if info is None:
+            return True
+        core = self.core
+        event = DeliveryAuthEvent(client=info, topic=message.topic, qos=qos, retain=retain)
+        if core.hooks.decide_now(_AUTHORIZE_DELIVERY, event, Decision.ALLOW) is Decision.ALLOW:
+            return True
+        stats = core.stats
+        stats.messages_dropped_acl += 1
+        stats.messages_dropped += 1
+        if _MESSAGE_DROPPED in core.hooks.active:
+            dropped = dataclasses.replace(
+                _to_event(message, self.client_id), reason="not_authorized"
+            )
+            core.hooks.notify(HookPoint.MESSAGE_DROPPED, dropped)
+        return False
 
     def _aliased(
         self, message: Message, qos: int, retain: bool, sub_ids: tuple[int, ...]
@@ -1030,7 +1058,7 @@ class ClientHandler:
             if item.seq:
                 persist = self.core.persist
                 assert persist is not None
-                persist._carry = None  # not sent after all (expired, too large): stays due
+                persist._carry = None  # not sent after all (expired, too large, ACL): stays due
 
     # --- acknowledgements ------------------------------------------------------------
 
@@ -1290,6 +1318,8 @@ _PUBLISHABLE_CACHE = 4096
 _AUTHORIZE_PUBLISH = HookPoint.AUTHORIZE_PUBLISH
 _MESSAGE_PUBLISH = HookPoint.MESSAGE_PUBLISH
 _MESSAGE_DELIVERED = HookPoint.MESSAGE_DELIVERED
+_MESSAGE_DROPPED = HookPoint.MESSAGE_DROPPED
+_AUTHORIZE_DELIVERY = HookPoint.AUTHORIZE_DELIVERY
 
 
 class _CredentialsExpiry:

@@ -24,7 +24,8 @@ log = logging.getLogger("tidemq.hooks")
 
 # 2: AUTHORIZE_* callbacks may return an awaitable (``Hooks.async_decisions``), and
 # AUTHENTICATE callbacks that answer at once run without a task (``authenticate_now``).
-HOOK_API_VERSION = 2
+# 3: AUTHORIZE_DELIVERY (``DeliveryAuthEvent``), a synchronous check of each delivery.
+HOOK_API_VERSION = 3
 
 
 class Decision(Enum):
@@ -40,6 +41,9 @@ class HookPoint(Enum):
     ENHANCED_AUTH = "client.enhanced_auth"  # MQTT 5 AUTH exchanges (§4.12); may be async
     AUTHORIZE_PUBLISH = "client.authorize.publish"
     AUTHORIZE_SUBSCRIBE = "client.authorize.subscribe"
+    # Per delivery, synchronous only (``Hooks.decide_now``): may this client receive the
+    # message? Mosquitto's per-message read check; a DENY drops it for that client alone.
+    AUTHORIZE_DELIVERY = "client.authorize.deliver"
     # Notification hooks (return None)
     CLIENT_CONNECTED = "client.connected"
     CLIENT_DISCONNECTED = "client.disconnected"
@@ -129,6 +133,17 @@ class SubscribeAuthEvent:
     client: ClientInfo
     topic_filter: str
     qos: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryAuthEvent:
+    """A message about to go to *client*: ``topic`` is the message's topic name, ``qos``
+    the QoS it is delivered at."""
+
+    client: ClientInfo
+    topic: str
+    qos: int
+    retain: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,6 +240,32 @@ class Hooks:
                 return Decision.DENY
             if result.__class__ is not Decision and inspect.isawaitable(result):
                 return self._decide_async(point, chain[index:], result, event, default)
+            if isinstance(result, AuthResult):
+                result = result.decision
+            if result is not Decision.DEFER and result is not None:
+                return Decision(result)
+        return default
+
+    def decide_now(self, point: HookPoint, event: object, default: Decision) -> Decision:
+        """Run a decision chain that must answer at once (``AUTHORIZE_DELIVERY``, on the
+        delivery path where nothing may wait): a callback returning an awaitable is a
+        plugin bug, logged, and its answer is DENY."""
+        for _, name, callback in self._callbacks[point]:
+            try:
+                result = callback(event)
+            except Exception:
+                log.exception("hook %s (%s) failed; denying", name, point.value)
+                return Decision.DENY
+            if result.__class__ is Decision:
+                if result is not Decision.DEFER:
+                    return result
+                continue
+            if inspect.isawaitable(result):
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()  # a coroutine never awaited: no warning at garbage collection
+                log.error("hook %s (%s) must answer synchronously; denying", name, point.value)
+                return Decision.DENY
             if isinstance(result, AuthResult):
                 result = result.decision
             if result is not Decision.DEFER and result is not None:

@@ -12,6 +12,7 @@ class Stats:
         "clients_maximum",
         "connections_total",
         "messages_dropped",
+        "messages_dropped_acl",
         "messages_dropped_queue_full",
         "messages_dropped_too_large",
         "messages_expired",
@@ -33,6 +34,7 @@ class Stats:
         self.publish_received = 0
         self.publish_sent = 0
         self.messages_dropped = 0
+        self.messages_dropped_acl = 0  # deliveries refused by AUTHORIZE_DELIVERY
         self.messages_dropped_queue_full = 0
         self.messages_dropped_too_large = 0
         self.messages_expired = 0
