@@ -187,17 +187,22 @@ def _http_authz(config: Config, storage: Storage | None) -> Authorizer:
     return HttpAuthorizer.from_config(config.acl.http)
 
 
+def _persistent(storage: Storage | None, setting: str, what: str) -> Storage:
+    """The broker's storage for a ``builtin`` source; refused when it keeps nothing."""
+    if storage is None:
+        raise ValueError(
+            f"{setting} names builtin, but storage.backend is memory: built-in {what} live "
+            "in a persistent storage backend (sqlite, redis, postgres, mysql)"
+        )
+    return storage
+
+
 def _builtin(config: Config, storage: Storage | None) -> Authenticator:
     from .builtin import BuiltinAuthenticator
 
-    if storage is None:
-        raise ValueError(
-            "auth.chain names builtin, but storage.backend is memory: built-in users live "
-            "in a persistent storage backend (sqlite, redis, postgres, mysql)"
-        )
     section = config.auth.builtin
     return BuiltinAuthenticator(
-        storage,
+        _persistent(storage, "auth.chain", "users"),
         user_id_type=section.user_id_type,
         cache_ttl=section.cache_ttl,
         cache_size=section.cache_max_size,
@@ -249,14 +254,11 @@ def _bans(config: Config, storage: Storage | None) -> Sequence[object]:
 def _builtin_authz(config: Config, storage: Storage | None) -> Authorizer:
     from .builtin import BuiltinAuthorizer
 
-    if storage is None:
-        raise ValueError(
-            "acl.sources names builtin, but storage.backend is memory: built-in ACL rules "
-            "live in a persistent storage backend (sqlite, redis, postgres, mysql)"
-        )
     section = config.acl.builtin
     return BuiltinAuthorizer(
-        storage, cache_ttl=section.cache_ttl, cache_size=section.cache_max_size
+        _persistent(storage, "acl.sources", "ACL rules"),
+        cache_ttl=section.cache_ttl,
+        cache_size=section.cache_max_size,
     )
 
 

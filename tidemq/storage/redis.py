@@ -52,7 +52,7 @@ import json
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -352,25 +352,18 @@ def _decode_retained(topic: str, data: bytes) -> RetainedRecord:
     )
 
 
-def _encode_user(r: UserRecord) -> bytes:
-    doc = {
-        "password_hash": r.password_hash,
-        "superuser": r.superuser,
-        "created_at": r.created_at,
-        "updated_at": r.updated_at,
-    }
+def _encode_doc(record: UserRecord | BanRecord | AclRuleRecord, *key: str) -> bytes:
+    """A record as compact JSON, without the fields that are its Redis key (*key*)."""
+    doc = {f.name: getattr(record, f.name) for f in fields(record) if f.name not in key}
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def _encode_user(r: UserRecord) -> bytes:
+    return _encode_doc(r, "username")
+
+
 def _decode_user(username: str, data: bytes) -> UserRecord:
-    doc = json.loads(data)
-    return UserRecord(
-        username=username,
-        password_hash=doc["password_hash"],
-        superuser=doc["superuser"],
-        created_at=doc["created_at"],
-        updated_at=doc["updated_at"],
-    )
+    return UserRecord(username=username, **json.loads(data))
 
 
 def _ban_field(kind: str, value: str) -> str:
@@ -378,56 +371,21 @@ def _ban_field(kind: str, value: str) -> str:
 
 
 def _encode_ban(r: BanRecord) -> bytes:
-    doc = {
-        "kind": r.kind,
-        "value": r.value,
-        "reason": r.reason,
-        "created_at": r.created_at,
-        "until": r.until,
-        "by": r.by,
-    }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _encode_doc(r)
 
 
 def _decode_ban(data: bytes) -> BanRecord:
-    doc = json.loads(data)
-    return BanRecord(
-        kind=doc["kind"],
-        value=doc["value"],
-        reason=doc["reason"],
-        created_at=doc["created_at"],
-        until=doc["until"],
-        by=doc["by"],
-    )
+    return BanRecord(**json.loads(data))
 
 
 def _encode_acl(r: AclRuleRecord) -> bytes:
-    doc = {
-        "who_kind": r.who_kind,
-        "who": r.who,
-        "permission": r.permission,
-        "action": r.action,
-        "topic": r.topic,
-        "qos": list(r.qos),
-        "retain": r.retain,
-        "created_at": r.created_at,
-    }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _encode_doc(r, "rule_id")
 
 
 def _decode_acl(rule_id: int, data: bytes) -> AclRuleRecord:
     doc = json.loads(data)
-    return AclRuleRecord(
-        rule_id=rule_id,
-        who_kind=doc["who_kind"],
-        who=doc["who"],
-        permission=doc["permission"],
-        action=doc["action"],
-        topic=doc["topic"],
-        qos=tuple(doc["qos"]),
-        retain=doc["retain"],
-        created_at=doc["created_at"],
-    )
+    doc["qos"] = tuple(doc["qos"])  # a JSON list
+    return AclRuleRecord(rule_id=rule_id, **doc)
 
 
 # --- the backend -----------------------------------------------------------------------------
